@@ -1,0 +1,158 @@
+"""The `specdec` command line. Commands parse options and call the library API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import cli_options as opt
+from .errors import SpecdecError, UsageError
+
+app = typer.Typer(
+    help="Faster local LLM generation with lossless, model-free speculative decoding.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _mount_subcommands() -> None:
+    from .cli_models import models_app
+
+    app.add_typer(models_app, name="models")
+
+
+def stderr_console() -> Console:
+    # Rich already honours NO_COLOR and only colours a terminal.
+    return Console(stderr=True, highlight=False)
+
+
+def read_prompt(prompt: Optional[str]) -> str:
+    """PROMPT argument, piped stdin, or both: then stdin is the context and PROMPT the
+    instruction (`cat notes.txt | specdec run "summarize"`)."""
+    piped = ""
+    if (prompt is None or prompt == "-" or not sys.stdin.isatty()) and sys.stdin is not None:
+        if not sys.stdin.isatty():
+            try:
+                piped = sys.stdin.buffer.read().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"standard input is not valid UTF-8 (byte {exc.start})") from None
+    if prompt == "-":
+        prompt = None
+    if prompt is not None and not prompt.strip():
+        raise UsageError("the prompt is empty")
+    if prompt is None:
+        if not piped.strip():
+            raise UsageError("the prompt is empty: pass PROMPT or pipe text on stdin")
+        return piped
+    return f"{piped.rstrip()}\n\n{prompt}" if piped.strip() else prompt
+
+
+@app.command()
+def run(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' or omitted: read stdin.")] = None,
+    model: opt.Model = None,
+    max_tokens: opt.MaxTokens = 256,
+    temp: opt.Temp = 0.0,
+    top_k: opt.TopK = 40,
+    top_p: opt.TopP = 0.95,
+    seed: opt.Seed = None,
+    system: opt.System = None,
+    draft: opt.Draft = None,
+    tree_size: opt.TreeSize = None,
+    draft_len: opt.DraftLen = None,
+    kv_cache: opt.KvCache = None,
+    ctx: opt.Ctx = 4096,
+    threads: opt.Threads = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
+    as_json: opt.Json = False,
+    stats: opt.Stats = False,
+    verbose: opt.Verbose = False,
+    no_progress: opt.NoProgress = False,
+) -> None:
+    """Generate a completion; only the generated text goes to stdout."""
+    from .session import RunOptions, open_session
+
+    if max_tokens <= 0:
+        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    text = read_prompt(prompt)
+    options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
+                         draft=draft, tree_size=tree_size, draft_len=draft_len,
+                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed)
+    session = open_session(options, progress=not no_progress)
+    tokens = session.prompt_tokens(text, system=system, raw=raw)
+
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = session.generator.generate(tokens, max_tokens=max_tokens, sampling=session.sampling,
+                                        draft=session.draft, stop=tuple(stop or ()),
+                                        on_text=None if as_json else write)
+    session.close()
+    if as_json:
+        doc = {"model": session.alias, "text": result.text, "tokens": result.tokens,
+               "finish_reason": result.finish_reason, "stats": result.stats.to_dict()}
+        sys.stdout.write(json.dumps(doc) + "\n")
+    elif result.text and not result.text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    if stats:
+        s = result.stats
+        stderr_console().print(
+            f"[dim]{s.n_prompt} prompt tokens in {s.prefill_s:.2f}s, {s.n_generated} generated in "
+            f"{s.decode_s:.2f}s ({s.tokens_per_s:.1f} tok/s), {s.steps} steps, "
+            f"{s.mean_accepted:.2f} tokens/step, draft={s.draft}, kv={s.kv_cache}[/dim]")
+    if result.finish_reason == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command()
+def devices(as_json: opt.Json = False) -> None:
+    """CPU, memory, llama.cpp backends and onnxruntime execution providers on this machine."""
+    from .devices import device_report
+
+    report = device_report()
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    out = Console(highlight=False)
+    gib = 1024 ** 3
+    out.print(f"[bold]CPU[/bold]        {report.cpu_model} ({report.arch}), "
+              f"{report.physical_cores} cores / {report.logical_cores} threads")
+    out.print(f"[bold]SIMD[/bold]       {' '.join(report.simd) or '-'}")
+    out.print(f"[bold]Memory[/bold]     {report.ram_total_bytes / gib:.1f} GiB total, "
+              f"{report.ram_available_bytes / gib:.1f} GiB available")
+    out.print(f"[bold]llama.cpp[/bold]  {report.llama_system_info}")
+    for dev in report.llama_devices:
+        out.print(f"           device {dev.name} ({dev.type}): {dev.description}")
+    out.print(f"           GPU offload: {'yes' if report.gpu_offload else 'no'}")
+    out.print(f"[bold]onnxruntime[/bold] {report.onnxruntime_version}: {', '.join(report.onnxruntime_providers)}")
+    for dev in report.onnxruntime_devices:
+        out.print(f"           device {dev.provider} ({dev.type}, {dev.vendor})")
+    out.print(f"           NPU: {', '.join(report.npu_providers) if report.has_npu else 'none found'}")
+
+
+def main() -> None:
+    _mount_subcommands()
+    try:
+        # Not standalone: click would turn Ctrl-C into "Aborted!" and exit 1; CLI.md wants 130.
+        code = app(standalone_mode=False)
+    except SpecdecError as exc:
+        stderr_console().print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.exceptions.TyperException as exc:  # bad flag values: click's usage errors
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stdout.flush()
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

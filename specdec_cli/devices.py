@@ -1,0 +1,166 @@
+"""What this machine offers for inference: CPU, memory, llama.cpp backends, onnxruntime EPs."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+# onnxruntime execution providers that run on an NPU (DESIGN.md section 7).
+NPU_PROVIDERS = {
+    "QNNExecutionProvider": "Qualcomm Hexagon NPU (onnxruntime-qnn)",
+    "OpenVINOExecutionProvider": "Intel NPU via OpenVINO (onnxruntime-openvino, device_type=NPU)",
+    "CoreMLExecutionProvider": "Apple Neural Engine (CoreML, MLComputeUnits=CPUAndNeuralEngine)",
+    "VitisAIExecutionProvider": "AMD Ryzen AI NPU (VitisAI)",
+    "DmlExecutionProvider": "DirectML (device_filter=npu)",
+}
+_SIMD_FLAGS = ("sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512vnni",
+               "avx512_bf16", "amx_tile", "neon", "asimd", "sve", "dotprod", "asimddp", "i8mm")
+_GGML_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
+
+
+@dataclass
+class BackendDevice:
+    name: str
+    description: str
+    type: str
+
+
+@dataclass
+class OrtDevice:
+    provider: str
+    type: str
+    vendor: str
+
+
+@dataclass
+class DeviceReport:
+    cpu_model: str
+    arch: str
+    physical_cores: int
+    logical_cores: int
+    simd: list[str]
+    ram_total_bytes: int
+    ram_available_bytes: int
+    llama_system_info: str
+    llama_devices: list[BackendDevice] = field(default_factory=list)
+    gpu_offload: bool = False
+    onnxruntime_version: str = ""
+    onnxruntime_providers: list[str] = field(default_factory=list)
+    onnxruntime_devices: list[OrtDevice] = field(default_factory=list)
+    npu_providers: list[str] = field(default_factory=list)
+
+    @property
+    def has_npu(self) -> bool:
+        return bool(self.npu_providers)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["has_npu"] = self.has_npu
+        return data
+
+    def fingerprint(self) -> str:
+        """Stable id of the compute this machine offers, for per-device tuner profiles."""
+        gpus = sorted(d.description for d in self.llama_devices if d.type != "CPU")
+        key = "|".join([self.cpu_model, str(self.physical_cores), str(self.logical_cores), *gpus])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Hardware", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def simd_features() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    if "pni" in flags:  # Linux names SSE3 "pni" (Prescott New Instructions)
+        flags.add("sse3")
+    return [f for f in _SIMD_FLAGS if f in flags]
+
+
+def llama_backend_devices() -> list[BackendDevice]:
+    """ggml's registered devices (CPU, CUDA, Metal, Vulkan, ...) from the library that
+    llama-cpp-python was built with."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(lib_dir.glob("libggml.so*")) + sorted(lib_dir.glob("libggml.dylib")) + \
+        sorted(lib_dir.glob("ggml.dll"))
+    if not candidates:
+        return []
+    lib = ctypes.CDLL(str(candidates[0]))
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    devices = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        devices.append(BackendDevice(
+            name=(lib.ggml_backend_dev_name(dev) or b"").decode(),
+            description=(lib.ggml_backend_dev_description(dev) or b"").decode(),
+            type=_GGML_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "OTHER")))
+    return devices
+
+
+def onnxruntime_devices() -> tuple[str, list[str], list[OrtDevice]]:
+    import onnxruntime as ort
+
+    providers = list(ort.get_available_providers())
+    devices = []
+    # The device API (onnxruntime >= 1.22) also sees plugin EPs and tells NPUs apart.
+    if hasattr(ort, "get_ep_devices"):
+        for d in ort.get_ep_devices():
+            devices.append(OrtDevice(provider=d.ep_name, type=d.device.type.name, vendor=d.ep_vendor))
+    return ort.__version__, providers, devices
+
+
+def npu_providers(providers: list[str], devices: list[OrtDevice]) -> list[str]:
+    found = {p for p in providers if p in NPU_PROVIDERS and p != "DmlExecutionProvider"}
+    found |= {d.provider for d in devices if d.type == "NPU"}
+    return sorted(found)
+
+
+def device_report() -> DeviceReport:
+    from . import llama
+
+    llama.init_backend()
+    mem = psutil.virtual_memory()
+    ort_version, providers, ort_devs = onnxruntime_devices()
+    return DeviceReport(
+        cpu_model=cpu_model(),
+        arch=platform.machine(),
+        physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+        logical_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        simd=simd_features(),
+        ram_total_bytes=mem.total,
+        ram_available_bytes=mem.available,
+        llama_system_info=llama.system_info().strip(" |"),
+        llama_devices=llama_backend_devices(),
+        gpu_offload=llama.supports_gpu_offload(),
+        onnxruntime_version=ort_version,
+        onnxruntime_providers=providers,
+        onnxruntime_devices=ort_devs,
+        npu_providers=npu_providers(providers, ort_devs),
+    )

@@ -1,0 +1,115 @@
+"""Which engine settings make batched verification bit-identical to one-token decoding.
+
+Lossless speculation needs the logits of a node in a verified batch to equal the logits
+the same token would get decoded alone. On the CPU that depends on the kernels a batch
+takes (DESIGN.md section 3, llama.cpp issue #25618):
+- quantized matmuls: Gemma 3 Q4_K_M leaves the single-token kernel from 8 tokens on, and
+  the repacked weight layout changes results at any batch size; SmolLM2 Q4_1 is exact;
+- flash attention (pinned ggml, `ggml_compute_forward_flash_attn_ext_f16`): 64 or more
+  query rows take the tiled kernel, which sums in another order.
+So instead of a table per quant type we measure it once per model file: decode a chain
+one token at a time, decode it again in llama_decode calls of at most N tokens, and keep
+the fastest setting whose logits match exactly. The Generator then never verifies more
+than N tree nodes per llama_decode call.
+
+One difference is left that no setting removes: with 512 or more KV cells a *single*
+query row takes ggml's split-KV attention path (threads sum partial softmaxes), so in long
+contexts a one-token decode can differ from the same row in a batch by float rounding.
+Greedy outputs then only differ where the top two logits are within that rounding — the
+lossless tests check exactly that (tests/test_lossless.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .gguf_file import file_sha256
+from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch
+from .paths import cache_dir
+
+PROBE_TEXT = ("The committee met on Tuesday to review the budget. After a long discussion, "
+              "they agreed to fund the new library, repair the bridge on Main Street and hire two teachers.")
+PROBE_TOKENS = 32
+# Largest verification batch tried per weight layout, fastest first; all stay below
+# flash attention's tiled kernel.
+BATCH_CANDIDATES = (32, 16, 8, 7, 4, 2)
+RULE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ExactnessRule:
+    repacked_weights: bool
+    max_verify_batch: int  # 1 = batched verification is never exact: speculation cannot pay
+
+
+def exactness_rule(model_path: Path, verbose: bool = False) -> ExactnessRule:
+    """The cached rule for this model file, probing it the first time."""
+    cache = cache_dir() / "exactness" / f"{file_sha256(model_path)}.json"
+    try:
+        data = json.loads(cache.read_text())
+        if data.pop("version") == RULE_VERSION:
+            return ExactnessRule(**data)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    rule = probe_exactness(model_path, verbose=verbose)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"version": RULE_VERSION, **asdict(rule)}))
+    os.replace(tmp, cache)
+    return rule
+
+
+def probe_exactness(model_path: Path, verbose: bool = False) -> ExactnessRule:
+    best = ExactnessRule(False, 1)
+    for repacked in (True, False):
+        model = LlamaModel(model_path, repacked_weights=repacked, verbose=verbose)
+        try:
+            size = _largest_exact_batch(model)
+        finally:
+            model.close()
+        if size > best.max_verify_batch:
+            best = ExactnessRule(repacked, size)
+        if size == BATCH_CANDIDATES[0]:
+            break
+    return best
+
+
+def _largest_exact_batch(model: LlamaModel) -> int:
+    """Decode a greedy chain one token per llama_decode, then again in calls of at most N
+    tokens in the same context (so both see the same prompt cells); the largest N whose
+    logits are bit-identical."""
+    ctx = LlamaContext(model, ContextConfig(n_ctx=512, n_batch=128, n_seq_max=1, flash_attn=True))
+    batch = TokenBatch(128, 1)
+    seq0 = np.zeros(1, dtype=np.int32)
+    prompt = model.tokenize(PROBE_TEXT, add_special=True, parse_special=False)
+    n = len(prompt)
+    try:
+        batch.set_chain(prompt, 0, seq0, all_outputs=False)
+        ctx.decode(batch)
+        chain, reference = [], []
+        nxt = int(np.argmax(ctx.logits(1)[0]))
+        for i in range(PROBE_TOKENS):
+            chain.append(nxt)
+            batch.set_chain(np.array([nxt], dtype=np.int32), n + i, seq0, all_outputs=True)
+            ctx.decode(batch)
+            reference.append(ctx.logits(1)[0].copy())
+            nxt = int(np.argmax(reference[-1]))
+        chain_arr = np.array(chain, dtype=np.int32)
+        for size in BATCH_CANDIDATES:
+            ctx.seq_rm(0, n, -1)
+            exact = True
+            for start in range(0, PROBE_TOKENS, size):
+                part = chain_arr[start:start + size]
+                batch.set_chain(part, n + start, seq0, all_outputs=True)
+                ctx.decode(batch)
+                exact &= bool(np.array_equal(ctx.logits(len(part)), np.stack(reference[start:start + len(part)])))
+            if exact:
+                return size
+        return 1
+    finally:
+        ctx.close()

@@ -1,0 +1,457 @@
+"""The Generator: prefill, then one verification step at a time (DESIGN.md section 1).
+
+Each step decodes a draft tree rooted at the last accepted token in one `llama_decode`,
+walks it against the logits (greedy or speculative sampling), keeps the KV cells of the
+accepted path and drops the rest. With a one-node tree the step is plain decoding, so
+`--draft none` runs through exactly the same code and the same kernels.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import _native as nat
+from .drafting import DRAFT_MODES, MATRIX_K, DraftSettings, Drafter, DraftTree, single_node_tree
+from .errors import SpecdecError, UsageError
+from .exactness import ExactnessRule, exactness_rule
+from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch
+from .tuner import SpeculationPolicy, policy_for
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 40
+    top_p: float = 0.95
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self) -> None:
+        if self.temperature < 0 or self.temperature > 10:
+            raise UsageError(f"--temp must be between 0 and 10, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass
+class EngineConfig:
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    kv_k: str = "f16"
+    # A q8_0 V cache keeps speculation exact in long contexts: with K and V both f16 and
+    # 512+ cells, ggml's single-query flash attention splits the cells across threads and
+    # sums in another order than the batched kernel (pinned ggml, ops.cpp
+    # `use_split_kv_path`); with a quantized V both take the same kernel. Measured:
+    # bit-identical logits at 700 tokens, where f16/f16 moved them by up to 0.7.
+    kv_v: str = "q8_0"
+    n_batch: int = 512
+    # Branches a draft tree may have; every accepted cell is shared with this many sequences.
+    n_seq_max: int = 64
+    verbose: bool = False
+
+
+@dataclass
+class GenerationStats:
+    n_prompt: int = 0
+    n_prompt_prefilled: int = 0  # prompt tokens actually computed (the rest came from the cache)
+    n_generated: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0
+    tokens_per_s: float = 0.0
+    steps: int = 0
+    speculative_steps: int = 0
+    mean_accepted: float = 0.0
+    draft: str = "none"
+    tree_size: int = 1
+    draft_len: int = 0
+    accept_rate_by_depth: list[float] = field(default_factory=list)
+    draft_ms: float = 0.0
+    decode_ms: float = 0.0
+    verify_ms: float = 0.0
+    kv_cache: str = "f16"
+    kv_bytes: int = 0
+    prefill_backend: str = "llama"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" | "length" | "interrupted"
+    stats: GenerationStats
+
+
+@dataclass
+class _DepthCounter:
+    """How often a tree reached depth d and how often a node at depth d was accepted."""
+
+    drafted: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+
+    def add(self, tree_depth: int, accepted_depth: int) -> None:
+        while len(self.drafted) < tree_depth:
+            self.drafted.append(0)
+            self.accepted.append(0)
+        for d in range(tree_depth):
+            self.drafted[d] += 1
+            if d < accepted_depth:
+                self.accepted[d] += 1
+
+    def rates(self) -> list[float]:
+        return [round(a / n, 4) if n else 0.0 for a, n in zip(self.accepted, self.drafted)]
+
+
+class _TextStream:
+    """Turns accepted token bytes into text, holding back what could still become a stop string."""
+
+    def __init__(self, stop: tuple[str, ...], on_text: Callable[[str], None] | None):
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stop = tuple(s for s in stop if s)
+        self._hold = max((len(s) for s in self._stop), default=1) - 1
+        self._on_text = on_text
+        self.text = ""
+        self._emitted = 0
+        self.stopped = False
+
+    def push(self, data: bytes) -> None:
+        self.text += self._decoder.decode(data)
+        for s in self._stop:
+            cut = self.text.find(s)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                self.stopped = True
+        self._flush(final=self.stopped)
+
+    def finish(self) -> None:
+        if not self.stopped:
+            self.text += self._decoder.decode(b"", final=True)
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        upto = len(self.text) if final else max(self._emitted, len(self.text) - self._hold)
+        if upto > self._emitted and self._on_text is not None:
+            self._on_text(self.text[self._emitted:upto])
+        self._emitted = max(self._emitted, upto)
+
+
+class Generator:
+    """Loads a GGUF model once and generates from it; the KV cache of the previous call is
+    reused for the longest common prefix, so chat turns prefill only what is new."""
+
+    def __init__(self, model_path: Path, config: EngineConfig | None = None, *,
+                 chat_template: str | None = None, matrix_path: Path | None = None,
+                 policy: SpeculationPolicy | None = None):
+        self.config = config or EngineConfig()
+        self.model_path = Path(model_path)
+        self.exactness: ExactnessRule = exactness_rule(self.model_path, verbose=self.config.verbose)
+        self.model = LlamaModel(self.model_path, repacked_weights=self.exactness.repacked_weights,
+                                verbose=self.config.verbose)
+        # Flash attention on: below 64 query rows its CPU kernel sums each row the same way
+        # whatever the batch, which keeps verification exact (see exactness.py).
+        self.ctx = LlamaContext(self.model, ContextConfig(
+            n_ctx=self.config.n_ctx, n_batch=self.config.n_batch, n_ubatch=self.config.n_batch,
+            n_seq_max=self.config.n_seq_max, n_threads=self.config.n_threads,
+            kv_k=self.config.kv_k, kv_v=self.config.kv_v, flash_attn=True))
+        self.verify_batch = self.exactness.max_verify_batch
+        self.n_vocab = self.model.n_vocab
+        self.chat_template = self.model.chat_template() or chat_template
+        self.matrix_path = matrix_path
+        self._batch = TokenBatch(self.config.n_batch, self.config.n_seq_max)
+        self._logits = np.zeros((self.config.n_batch, self.model.n_vocab), dtype=np.float32)
+        self._all_seqs = np.arange(self.config.n_seq_max, dtype=np.int32)
+        self._kv_tokens: list[int] = []  # tokens whose KV cells are in every shared sequence
+        self.drafter = Drafter(self.n_vocab, DraftSettings(), self._load_matrix())
+        # `--draft auto` asks it for each step's sizes; built on first use (tuner.policy_for).
+        self.policy = policy
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.model.close()
+
+    # ---- prompts -------------------------------------------------------------------
+
+    def render_chat(self, messages: list[tuple[str, str]]) -> str:
+        if not self.chat_template:
+            raise SpecdecError("this model has no chat template; use --raw or set chat_template in models.toml")
+        return self.model.apply_chat_template(self.chat_template, messages)
+
+    def tokenize(self, text: str, *, special: bool = True) -> np.ndarray:
+        """Tokens of a prompt: BOS added when the model wants it; special-token text
+        (chat markers) parsed only for templated prompts."""
+        return self.model.tokenize(text, add_special=True, parse_special=special)
+
+    # ---- generation ----------------------------------------------------------------
+
+    def generate(self, prompt: np.ndarray, *, max_tokens: int = 256, sampling: SamplingParams | None = None,
+                 draft: DraftSettings | None = None, stop: tuple[str, ...] = (),
+                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+        sampling = sampling or SamplingParams()
+        draft = draft or DraftSettings()
+        sampling.validate()
+        if draft.mode not in DRAFT_MODES:
+            raise UsageError(f"unknown --draft {draft.mode!r} (choose from {', '.join(DRAFT_MODES)})")
+        if max_tokens <= 0:
+            raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+        prompt = np.ascontiguousarray(prompt, dtype=np.int32)
+        if len(prompt) == 0:
+            raise UsageError("the prompt is empty")
+        if len(prompt) >= self.ctx.n_ctx:
+            raise SpecdecError(f"the prompt has {len(prompt)} tokens but the context holds {self.ctx.n_ctx}; "
+                               f"use a larger --ctx or a shorter prompt")
+        tree_size, draft_len = self._resolve_sizes(draft)
+        stats = GenerationStats(n_prompt=len(prompt), draft=draft.mode, tree_size=tree_size, draft_len=draft_len,
+                                kv_cache=self.config.kv_k if self.config.kv_k == self.config.kv_v
+                                else f"{self.config.kv_k}/{self.config.kv_v}")
+        sampler = None if sampling.greedy else nat.Sampler(
+            sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        text = _TextStream(stop, on_text)
+        depths = _DepthCounter()
+        out: list[int] = []
+        finish = "length"
+
+        t0 = time.perf_counter()
+        n_past = self._prefill(prompt, stats)
+        stats.prefill_s = time.perf_counter() - t0
+        self.drafter.reset_context()
+        self.drafter.observe(prompt)
+        root = int(prompt[-1])
+        deferred: list[int] = []  # verified tokens whose KV cells are written in the next step
+        policy = self._auto_policy(tree_size, draft_len) if draft.mode == "auto" else None
+        t_decode = time.perf_counter()
+        try:
+            while len(out) < max_tokens:
+                room = self.ctx.n_ctx - n_past - len(deferred)
+                if room < 1:
+                    finish = "length"
+                    break
+                step_tree, step_chain = tree_size, draft_len
+                if policy is not None:
+                    choice = policy.choose(*self.drafter.lookup(draft_len), n_deferred=len(deferred))
+                    step_tree, step_chain = choice.tree_size, choice.draft_len
+                step_tree = min(step_tree, room, self.config.n_batch - len(deferred))
+                step_chain = min(step_chain, max(0, room - step_tree))
+                step = self._step(deferred, root, n_past, draft.mode, step_tree, step_chain, sampling, sampler, stats)
+                if policy is not None:
+                    policy.observe(step.accepted)
+                n_past += len(step.committed)
+                self._kv_tokens.extend(step.committed)
+                deferred = step.deferred
+                depths.add(step.tree.depth, len(step.accepted) - 1)
+                stats.steps += 1
+                stats.speculative_steps += step.tree.size > 1
+                if stats.steps == 1:
+                    stats.ttft_s = time.perf_counter() - t0
+                done = False
+                for tok in step.accepted:
+                    if self.model.is_eog(tok):
+                        finish, done = "stop", True
+                        break
+                    out.append(tok)
+                    text.push(self.model.token_bytes(tok))
+                    if text.stopped:
+                        finish, done = "stop", True
+                        break
+                    if len(out) >= max_tokens:
+                        finish, done = "length", True
+                        break
+                if done:
+                    break
+                self.drafter.observe(np.array(step.accepted, dtype=np.int32))
+                root = step.accepted[-1]
+        except KeyboardInterrupt:
+            finish = "interrupted"
+            self._drop_uncommitted(len(self._kv_tokens))
+        finally:
+            text.finish()
+            stats.decode_s = time.perf_counter() - t_decode
+        stats.n_generated = len(out)
+        stats.tokens_per_s = round(len(out) / stats.decode_s, 2) if stats.decode_s > 0 else 0.0
+        stats.mean_accepted = round(len(out) / stats.steps, 4) if stats.steps else 0.0
+        stats.accept_rate_by_depth = depths.rates()
+        stats.kv_bytes = self.ctx.kv_bytes(0)
+        for name in ("prefill_s", "decode_s", "ttft_s"):
+            setattr(stats, name, round(getattr(stats, name), 6))
+        for name in ("draft_ms", "decode_ms", "verify_ms"):
+            setattr(stats, name, round(getattr(stats, name), 3))
+        return GenerationResult(text=text.text, tokens=out, finish_reason=finish, stats=stats)
+
+    def save_matrix(self) -> None:
+        if self.matrix_path is not None:
+            self.drafter.save_matrix(self.matrix_path)
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _auto_policy(self, max_tree: int, max_chain: int) -> SpeculationPolicy:
+        """The policy for `--draft auto`, whose sizes are capped by --tree-size/--draft-len."""
+        if self.policy is None:
+            self.policy = policy_for(self, max_tree=max_tree, max_chain=max_chain)
+        self.policy.set_limits(max_tree, max_chain)
+        self.policy.reset()
+        return self.policy
+
+    def _resolve_sizes(self, draft: DraftSettings) -> tuple[int, int]:
+        """Tree nodes (root included) and n-gram chain length for a mode."""
+        mode = draft.mode
+        if mode == "auto":
+            mode = "hybrid"
+        tree = draft.tree_size if mode in ("recycling", "hybrid") else 1
+        chain = draft.draft_len if mode in ("ngram", "hybrid") else 0
+        if tree < 1 or chain < 0:
+            raise UsageError("--tree-size must be >= 1 and --draft-len >= 0")
+        if tree + chain > self.config.n_batch:
+            raise UsageError(f"--tree-size + --draft-len must fit one batch ({self.config.n_batch})")
+        return tree, chain
+
+    def _prefill(self, prompt: np.ndarray, stats: GenerationStats) -> int:
+        """Put every prompt token but the last into the KV cache (the last one is the first
+        step's root, which yields the first logits). Reuses the cached common prefix."""
+        body = prompt[:-1]
+        keep = _common_prefix(self._kv_tokens, body)
+        if keep < len(self._kv_tokens):
+            for s in self._all_seqs:
+                self.ctx.seq_rm(int(s), keep, -1)
+            del self._kv_tokens[keep:]
+        pos = keep
+        while pos < len(body):
+            chunk = body[pos:pos + self.config.n_batch]
+            self._batch.set_chain(chunk, pos, self._all_seqs, all_outputs=False)
+            self._batch.output[len(chunk) - 1] = 0
+            self.ctx.decode(self._batch)
+            pos += len(chunk)
+        self._kv_tokens.extend(int(t) for t in body[keep:])
+        stats.n_prompt_prefilled = len(body) - keep + 1
+        return len(body)
+
+    def _step(self, deferred: list[int], root: int, n_past: int, mode: str, tree_size: int, draft_len: int,
+              sampling: SamplingParams, sampler, stats: GenerationStats) -> "_StepOutcome":
+        """One verification step: draft, decode the tree (after the deferred tokens), walk
+        it, keep the cells of the accepted path and drop the rest."""
+        t0 = time.perf_counter()
+        draft_mode = "hybrid" if mode == "auto" else mode
+        tree = self.drafter.draft(root, draft_mode, tree_size, draft_len) if draft_mode != "none" else \
+            single_node_tree(root)
+        root_past = n_past + len(deferred)
+        pos, seq_ids, n_seq_id, leaf_seq = nat.layout_tree(tree.parents, root_past, self.config.n_seq_max)
+        # The root is always accepted: give it every shared sequence so that plain steps
+        # need no copies afterwards. Its first id stays 0, the leftmost leaf's.
+        seq_ids[0, :] = self._all_seqs
+        n_seq_id[0] = self.config.n_seq_max
+        t1 = time.perf_counter()
+        logits = self._decode_rows(deferred, n_past, tree.tokens, pos, seq_ids, n_seq_id)
+        t2 = time.perf_counter()
+        topk_ids, _ = nat.topk_rows(logits, MATRIX_K if mode != "none" else 1)
+        if sampler is None:
+            path, bonus = nat.verify_greedy(tree.tokens, tree.parents, np.ascontiguousarray(topk_ids[:, 0]))
+        else:
+            path, bonus = nat.verify_sample(tree.tokens, tree.parents, logits, sampling.temperature,
+                                            sampling.top_k, sampling.top_p, sampler)
+        if mode != "none":
+            self.drafter.learn(tree.tokens, topk_ids)
+        in_order = _in_order_prefix(path)
+        self._commit(root_past, in_order, int(leaf_seq[path[in_order - 1]]), int(leaf_seq.max()) + 1, tree.size)
+        t3 = time.perf_counter()
+        stats.draft_ms += (t1 - t0) * 1000
+        stats.decode_ms += (t2 - t1) * 1000
+        stats.verify_ms += (t3 - t2) * 1000
+        path_tokens = tree.tokens[path].tolist()
+        return _StepOutcome(tree=tree, accepted=path_tokens[1:] + [int(bonus)],
+                            committed=deferred + path_tokens[:in_order], deferred=path_tokens[in_order:])
+
+    def _decode_rows(self, deferred: list[int], n_past: int, tokens: np.ndarray, pos: np.ndarray,
+                     seq_ids: np.ndarray, n_seq_id: np.ndarray) -> np.ndarray:
+        """Logits of every tree node. Deferred tokens go first, in every sequence, without
+        logits. Decoded in llama_decode calls of at most `verify_batch` rows so that each
+        call stays on the exact kernels; rows are in topological order, so a later call's
+        nodes find their ancestors in the cache."""
+        if deferred:
+            n_def = len(deferred)
+            tokens = np.concatenate([np.asarray(deferred, dtype=np.int32), tokens])
+            pos = np.concatenate([np.arange(n_past, n_past + n_def, dtype=np.int32), pos])
+            seq_ids = np.concatenate([np.broadcast_to(self._all_seqs, (n_def, len(self._all_seqs))), seq_ids])
+            n_seq_id = np.concatenate([np.full(n_def, len(self._all_seqs), dtype=np.int32), n_seq_id])
+        outputs = np.ones(len(tokens), dtype=np.int8)
+        outputs[:len(deferred)] = 0
+        n_rows, n_out = len(tokens), int(outputs.sum())
+        step = self.verify_batch
+        done = 0
+        for start in range(0, n_rows, step):
+            end = min(start + step, n_rows)
+            self._batch.set_rows(tokens[start:end], pos[start:end], seq_ids[start:end], n_seq_id[start:end],
+                                 outputs[start:end])
+            self.ctx.decode(self._batch)
+            got = int(outputs[start:end].sum())
+            if got == n_out:
+                return self.ctx.logits(n_out)  # all logits from one call: the zero-copy view
+            self._logits[done:done + got] = self.ctx.logits(got)
+            done += got
+        return self._logits[:n_out]
+
+    def _commit(self, root_past: int, kept: int, keep_seq: int, branches: int, tree_size: int) -> None:
+        """Keep the first `kept` tree nodes (the root and the accepted nodes whose cells
+        directly follow it) in every shared sequence and drop every other tree cell.
+
+        Accepted nodes further down the batch are dropped too and re-decoded next step
+        (`deferred`): flash attention sums a row's visible cells in cell order, so cells
+        must stay in position order for speculative logits to equal plain decoding's."""
+        if tree_size == 1:
+            return
+        new_past = root_past + kept
+        for s in range(branches):
+            if s != keep_seq:
+                self.ctx.seq_rm(s, root_past + 1, -1)
+        self.ctx.seq_rm(keep_seq, new_past, -1)
+        if kept > 1:
+            for s in range(self.config.n_seq_max):
+                if s != keep_seq:
+                    self.ctx.seq_cp(keep_seq, s, root_past + 1, new_past)
+
+    def _drop_uncommitted(self, n_past: int) -> None:
+        for s in self._all_seqs:
+            self.ctx.seq_rm(int(s), n_past, -1)
+        del self._kv_tokens[n_past:]
+
+    def _load_matrix(self) -> nat.RecyclingMatrix | None:
+        if self.matrix_path is None or not self.matrix_path.exists():
+            return None
+        try:
+            return nat.RecyclingMatrix.load(str(self.matrix_path), self.n_vocab, MATRIX_K)
+        except ValueError:
+            return None
+
+
+@dataclass
+class _StepOutcome:
+    tree: DraftTree
+    accepted: list[int]  # tokens this step emits: accepted draft nodes, then the bonus token
+    committed: list[int]  # tokens whose KV cells the cache now holds in order
+    deferred: list[int]  # accepted tokens whose cells were out of order, re-decoded next step
+
+
+def _in_order_prefix(path: np.ndarray) -> int:
+    """How many accepted nodes occupy the first batch rows of the tree (path[j] == j)."""
+    mismatch = np.nonzero(path != np.arange(len(path)))[0]
+    return int(mismatch[0]) if len(mismatch) else len(path)
+
+
+def _common_prefix(a: list[int], b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n], dtype=np.int32) != b[:n])[0]
+    return int(diff[0]) if len(diff) else n

@@ -1,0 +1,294 @@
+"""A thin, explicit wrapper over llama-cpp-python's low-level C API (pinned 0.3.36).
+
+Why not `llama_cpp.Llama`: its Python overhead costs ~40% of decode speed (DESIGN.md
+section 2). Everything here is one ctypes call per operation, and the batch arrays are
+numpy-owned so that native code and numpy fill them without per-token Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+from .errors import SpecdecError, UsageError
+
+KV_CACHE_TYPES = {"f32": lc.GGML_TYPE_F32, "f16": lc.GGML_TYPE_F16,
+                  "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0, "q4_1": lc.GGML_TYPE_Q4_1,
+                  "q5_0": lc.GGML_TYPE_Q5_0, "q5_1": lc.GGML_TYPE_Q5_1, "iq4_nl": lc.GGML_TYPE_IQ4_NL}
+_UNQUANTIZED_KV = {"f32", "f16"}
+
+_backend_ready = False
+_log_callback = None  # keeps the ctypes callback alive for as long as llama.cpp may call it
+
+
+def init_backend(verbose: bool = False) -> None:
+    """Initialise llama.cpp once per process; its logging stays off unless verbose."""
+    global _backend_ready, _log_callback
+    if _backend_ready:
+        return
+
+    def log_to_stderr(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if verbose and text:
+            os.write(2, text)
+
+    _log_callback = lc.llama_log_callback(log_to_stderr)
+    lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    lc.llama_backend_init()
+    _backend_ready = True
+
+
+def system_info() -> str:
+    return lc.llama_print_system_info().decode("utf-8", "replace")
+
+
+def supports_gpu_offload() -> bool:
+    return bool(lc.llama_supports_gpu_offload())
+
+
+class LlamaModel:
+    """Weights + vocabulary of one GGUF file."""
+
+    def __init__(self, path: Path, *, repacked_weights: bool = True, verbose: bool = False,
+                 n_gpu_layers: int = 0):
+        init_backend(verbose)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        # The repacked CPU weight layout makes batched matmuls take a different code path
+        # than single-token ones on some quant types (DESIGN.md section 3).
+        params.use_extra_bufts = repacked_weights
+        self.path = Path(path)
+        self._ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._ptr:
+            raise SpecdecError(f"llama.cpp failed to load model {self.path} (run with --verbose for details)")
+        self.vocab = lc.llama_model_get_vocab(self._ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self._ptr)
+        self.n_swa = lc.llama_model_n_swa(self._ptr)
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        self._eog = np.array([bool(lc.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr:
+            lc.llama_model_free(self._ptr)
+            self._ptr = None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self._ptr, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def size_bytes(self) -> int:
+        return int(lc.llama_model_size(self._ptr))
+
+    def chat_template(self) -> str | None:
+        tmpl = lc.llama_model_chat_template(self._ptr, None)
+        return tmpl.decode("utf-8", "replace") if tmpl else None
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._eog[token])
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> np.ndarray:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        out = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), out, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            out = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), out, capacity, add_special, parse_special)
+        return np.ctypeslib.as_array(out)[:n].astype(np.int32)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The token's text as raw bytes (may be a partial UTF-8 sequence); control tokens render empty."""
+        n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def apply_chat_template(self, template: str, messages: list[tuple[str, str]]) -> str:
+        """Render (role, content) messages with llama.cpp's built-in template matcher,
+        ending with the assistant header so generation starts the reply."""
+        keep = [(r.encode(), c.encode()) for r, c in messages]
+        chat = (lc.llama_chat_message * len(keep))()
+        for i, (role, content) in enumerate(keep):
+            chat[i].role = role
+            chat[i].content = content
+        size = 4 * sum(len(c) for _, c in keep) + 1024
+        buf = ctypes.create_string_buffer(size)
+        n = lc.llama_chat_apply_template(template.encode(), chat, len(keep), True, buf, size)
+        if n > size:
+            buf = ctypes.create_string_buffer(n)
+            n = lc.llama_chat_apply_template(template.encode(), chat, len(keep), True, buf, n)
+        if n < 0:
+            raise SpecdecError("the model's chat template is not supported by llama.cpp; use --raw")
+        return buf.raw[:n].decode("utf-8", "replace")
+
+
+@dataclass
+class ContextConfig:
+    n_ctx: int = 4096
+    n_batch: int = 512
+    # Largest physical batch: verification sub-batches never exceed it, which is how a
+    # model whose batched kernels drift from single-token ones is kept exact.
+    n_ubatch: int = 512
+    n_seq_max: int = 64
+    n_threads: int | None = None
+    kv_k: str = "f16"
+    kv_v: str = "f16"
+    flash_attn: bool | None = None  # None = llama.cpp decides; a quantized V cache forces it on
+
+
+def default_threads() -> int:
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+class LlamaContext:
+    """One llama.cpp context with a unified KV cache, so that one batch can hold a draft
+    tree whose branches are separate sequences sharing the accepted prefix."""
+
+    def __init__(self, model: LlamaModel, config: ContextConfig):
+        for name in (config.kv_k, config.kv_v):
+            if name not in KV_CACHE_TYPES:
+                raise UsageError(f"unknown KV cache type {name!r} (choose from {', '.join(KV_CACHE_TYPES)})")
+        self.model = model
+        self.config = config
+        params = lc.llama_context_default_params()
+        params.n_ctx = config.n_ctx
+        params.n_batch = config.n_batch
+        params.n_ubatch = min(config.n_ubatch, config.n_batch)
+        params.n_seq_max = config.n_seq_max
+        threads = config.n_threads or default_threads()
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.type_k = KV_CACHE_TYPES[config.kv_k]
+        params.type_v = KV_CACHE_TYPES[config.kv_v]
+        if config.flash_attn is None:
+            quantized_v = config.kv_v not in _UNQUANTIZED_KV
+            params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if quantized_v else lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+        else:
+            params.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
+                                      else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.kv_unified = True
+        # Rolling back rejected draft cells is only safe with the full-size sliding-window cache.
+        params.swa_full = True
+        params.no_perf = True
+        self._ptr = lc.llama_init_from_model(model.ptr, params)
+        if not self._ptr:
+            raise SpecdecError("llama.cpp failed to create a context (try a smaller --ctx, or --verbose)")
+        self.n_ctx = lc.llama_n_ctx(self._ptr)
+        self.n_threads = threads
+        self.memory = lc.llama_get_memory(self._ptr)
+
+    @property
+    def ptr(self):
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr:
+            lc.llama_free(self._ptr)
+            self._ptr = None
+
+    def decode(self, batch: "TokenBatch") -> None:
+        rc = lc.llama_decode(self._ptr, batch.struct)
+        if rc != 0:
+            if rc == 1:
+                raise SpecdecError("the KV cache is full (context overflow); use a larger --ctx")
+            raise SpecdecError(f"llama_decode failed with code {rc}")
+
+    def logits(self, n_rows: int) -> np.ndarray:
+        """Zero-copy float32 view [n_rows, n_vocab] of the logits of the last decode,
+        valid until the next decode."""
+        ptr = lc.llama_get_logits(self._ptr)
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.model.n_vocab))
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int = -1) -> None:
+        lc.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_keep(self, seq: int) -> None:
+        lc.llama_memory_seq_keep(self.memory, seq)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return lc.llama_memory_seq_pos_max(self.memory, seq)
+
+    def clear(self) -> None:
+        lc.llama_memory_clear(self.memory, True)
+
+    def kv_bytes(self, seq: int = 0) -> int:
+        """Size of the sequence's serialized KV state: the cells actually in use, measured."""
+        return int(lc.llama_state_seq_get_size(self._ptr, seq))
+
+
+class TokenBatch:
+    """A llama_batch whose arrays are numpy-owned, so that they can be filled with
+    vectorised numpy copies (or by native code) instead of a Python loop per token."""
+
+    def __init__(self, capacity: int, n_seq_max: int):
+        self.capacity = capacity
+        self.n_seq_max = n_seq_max
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.zeros(capacity, dtype=np.int32)
+        self.seq_ids = np.zeros((capacity, n_seq_max), dtype=np.int32)
+        self.output = np.zeros(capacity, dtype=np.int8)
+        row_bytes = self.seq_ids.strides[0]
+        base = self.seq_ids.ctypes.data
+        self._seq_ptrs = (ctypes.POINTER(ctypes.c_int32) * capacity)(
+            *[ctypes.cast(base + i * row_bytes, ctypes.POINTER(ctypes.c_int32)) for i in range(capacity)])
+        self.struct = lc.llama_batch()
+        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(lc.llama_token))
+        self.struct.embd = None
+        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos))
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.seq_id = self._seq_ptrs
+        self.struct.logits = self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct.n_tokens = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return self.struct.n_tokens
+
+    def set_chain(self, tokens: np.ndarray, first_pos: int, seq_ids: np.ndarray, all_outputs: bool) -> None:
+        """A plain run of tokens at consecutive positions, every token in the same sequences;
+        outputs for every token, or for the last one only."""
+        n = len(tokens)
+        self.token[:n] = tokens
+        self.pos[:n] = np.arange(first_pos, first_pos + n, dtype=np.int32)
+        self.n_seq_id[:n] = len(seq_ids)
+        self.seq_ids[:n, :len(seq_ids)] = seq_ids
+        self.output[:n] = 1 if all_outputs else 0
+        self.output[n - 1] = 1
+        self.struct.n_tokens = n
+
+    def set_rows(self, tokens: np.ndarray, pos: np.ndarray, seq_ids: np.ndarray, n_seq_id: np.ndarray,
+                 outputs: np.ndarray) -> None:
+        """Arbitrary rows, e.g. a draft tree: each with its position, sequence ids and
+        whether its logits are wanted."""
+        n = len(tokens)
+        self.token[:n] = tokens
+        self.pos[:n] = pos
+        self.n_seq_id[:n] = n_seq_id
+        self.seq_ids[:n, :seq_ids.shape[1]] = seq_ids
+        self.output[:n] = outputs
+        self.struct.n_tokens = n
