@@ -168,22 +168,26 @@ def _chi_square_p(table: np.ndarray) -> float:
     return h * math.exp(-x + a * math.log(x) - math.lgamma(a))
 
 
+SAMPLES = 300
+
+
 def test_speculative_sampling_keeps_the_distribution(smollm2):
     """The first two sampled tokens at temperature 0.8 with top-k and top-p: speculative
     (hybrid tree) and plain sampling give the same distribution."""
-    prompt = smollm2.tokenize("Once upon a time, in a small village by the sea, there", special=False)
-    draft = DraftSettings(mode="hybrid", tree_size=12, draft_len=4)
+    # a prompt whose next token is uncertain: ~25 tokens survive top-k 40 / top-p 0.9
+    prompt = smollm2.tokenize("My favourite animal is the", special=False)
+    draft = DraftSettings(mode="hybrid", tree_size=6, draft_len=2)
     for seed in range(5):  # warm the recycling matrix so that trees have branches
         smollm2.generate(prompt, max_tokens=8, draft=draft, sampling=SamplingParams(0.8, 40, 0.9, seed))
     samples = {"none": Counter(), "hybrid": Counter()}
     drafted_steps = 0
-    for seed in range(400):
+    for seed in range(SAMPLES):
         for mode in samples:
             result = smollm2.generate(prompt, max_tokens=2, sampling=SamplingParams(0.8, 40, 0.9, 1000 + seed),
                                       draft=draft if mode == "hybrid" else DraftSettings(mode="none"))
             samples[mode][tuple(result.tokens)] += 1
             drafted_steps += mode == "hybrid" and result.stats.speculative_steps
-    assert drafted_steps > 300  # the speculative path was really taken
+    assert drafted_steps > SAMPLES * 3 // 4  # the speculative path was really taken
     for key in (lambda t: t[:1], lambda t: t):  # first token; the pair
         merged = {k: Counter() for k in samples}
         for mode, counts in samples.items():
@@ -191,7 +195,7 @@ def test_speculative_sampling_keeps_the_distribution(smollm2):
                 merged[mode][key(tokens)] += n
         common = [k for k in set(merged["none"]) | set(merged["hybrid"])
                   if merged["none"][k] + merged["hybrid"][k] >= 10]
-        table = np.array([[merged[m][k] for k in common] + [400 - sum(merged[m][k] for k in common)]
+        table = np.array([[merged[m][k] for k in common] + [SAMPLES - sum(merged[m][k] for k in common)]
                           for m in samples], dtype=float)
         table = table[:, table.sum(axis=0) > 0]
         assert table.shape[1] >= 3, "too little entropy to test anything"
