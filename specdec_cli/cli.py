@@ -69,6 +69,8 @@ def run(
     kv_cache: opt.KvCache = None,
     ctx: opt.Ctx = 4096,
     threads: opt.Threads = None,
+    prefill: opt.Prefill = "auto",
+    ep: opt.Ep = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
     as_json: opt.Json = False,
@@ -84,7 +86,7 @@ def run(
     text = read_prompt(prompt)
     options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
                          draft=draft, tree_size=tree_size, draft_len=draft_len,
-                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed)
+                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep)
     session = open_session(options, progress=not no_progress)
     tokens = session.prompt_tokens(text, system=system, raw=raw)
 
@@ -135,8 +137,9 @@ def devices(as_json: opt.Json = False) -> None:
     out.print(f"           GPU offload: {'yes' if report.gpu_offload else 'no'}")
     out.print(f"[bold]onnxruntime[/bold] {report.onnxruntime_version}: {', '.join(report.onnxruntime_providers)}")
     for dev in report.onnxruntime_devices:
-        out.print(f"           device {dev.provider} ({dev.type}, {dev.vendor})")
-    out.print(f"           NPU: {', '.join(report.npu_providers) if report.has_npu else 'none found'}")
+        out.print(f"           {dev.provider} ({dev.type}): {dev.description}")
+    out.print(f"           NPU: {', '.join(report.npu_providers) if report.has_npu else 'none found'}"
+              " (NPU prefill: see README, 'NPU-offloaded prefill')")
 
 
 def main() -> None:

@@ -215,3 +215,18 @@ def _gguf_document(info: GgufInfo) -> dict[str, Any]:
         "version": info.version,
         "file_size": info.file_size,
     }
+
+
+@models_app.command("export-onnx")
+def export_onnx_command(
+    name: Annotated[str, typer.Argument(help="Model alias or path to a .gguf file.", show_default=False)],
+    quant: Annotated[str, typer.Option(help="Weights: fp32, or int8 (per-channel, for NPUs that want it).")] = "fp32",
+    chunk: Annotated[int, typer.Option(help="Tokens per static-shape prefill chunk.")] = 64,
+) -> None:
+    """Build (or find, cached per model hash) the ONNX prefill graph used by --prefill onnx.
+
+    Prints the .onnx path on stdout."""
+    from .cli_prefill import export_onnx
+
+    _stderr().print(f"exporting {name} ({quant}, chunks of {chunk} tokens)...")
+    sys.stdout.write(f"{export_onnx(name, quant=quant, chunk=chunk)}\n")

@@ -53,3 +53,8 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", envvar=_env("verbose")
                                        help="Show llama.cpp's own log on stderr.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", envvar=_env("no-progress"),
                                           help="No progress bars.")]
+Prefill = Annotated[str, typer.Option(envvar=_env("prefill"),
+                                        help="Prefill backend: auto (ONNX on an NPU, else llama.cpp) | llama | onnx.")]
+Ep = Annotated[Optional[str], typer.Option("--ep", envvar=_env("ep"),
+                                           help="onnxruntime execution provider for ONNX prefill (qnn, openvino, "
+                                                "coreml, vitisai, dml, cuda, cpu).")]

@@ -11,14 +11,6 @@ from pathlib import Path
 
 import psutil
 
-# onnxruntime execution providers that run on an NPU (DESIGN.md section 7).
-NPU_PROVIDERS = {
-    "QNNExecutionProvider": "Qualcomm Hexagon NPU (onnxruntime-qnn)",
-    "OpenVINOExecutionProvider": "Intel NPU via OpenVINO (onnxruntime-openvino, device_type=NPU)",
-    "CoreMLExecutionProvider": "Apple Neural Engine (CoreML, MLComputeUnits=CPUAndNeuralEngine)",
-    "VitisAIExecutionProvider": "AMD Ryzen AI NPU (VitisAI)",
-    "DmlExecutionProvider": "DirectML (device_filter=npu)",
-}
 _SIMD_FLAGS = ("sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512vnni",
                "avx512_bf16", "amx_tile", "neon", "asimd", "sve", "dotprod", "asimddp", "i8mm")
 _GGML_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
@@ -34,8 +26,8 @@ class BackendDevice:
 @dataclass
 class OrtDevice:
     provider: str
-    type: str
-    vendor: str
+    type: str  # NPU | GPU | CPU
+    description: str
 
 
 @dataclass
@@ -127,19 +119,10 @@ def llama_backend_devices() -> list[BackendDevice]:
 def onnxruntime_devices() -> tuple[str, list[str], list[OrtDevice]]:
     import onnxruntime as ort
 
-    providers = list(ort.get_available_providers())
-    devices = []
-    # The device API (onnxruntime >= 1.22) also sees plugin EPs and tells NPUs apart.
-    if hasattr(ort, "get_ep_devices"):
-        for d in ort.get_ep_devices():
-            devices.append(OrtDevice(provider=d.ep_name, type=d.device.type.name, vendor=d.ep_vendor))
-    return ort.__version__, providers, devices
+    from .prefill.providers import list_providers
 
-
-def npu_providers(providers: list[str], devices: list[OrtDevice]) -> list[str]:
-    found = {p for p in providers if p in NPU_PROVIDERS and p != "DmlExecutionProvider"}
-    found |= {d.provider for d in devices if d.type == "NPU"}
-    return sorted(found)
+    devices = [OrtDevice(ep.name, ep.device_type, ep.description) for ep in list_providers()]
+    return ort.__version__, list(ort.get_available_providers()), devices
 
 
 def device_report() -> DeviceReport:
@@ -162,5 +145,5 @@ def device_report() -> DeviceReport:
         onnxruntime_version=ort_version,
         onnxruntime_providers=providers,
         onnxruntime_devices=ort_devs,
-        npu_providers=npu_providers(providers, ort_devs),
+        npu_providers=sorted({d.provider for d in ort_devs if d.type == "NPU"}),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .drafting import DRAFT_MODES, MATRIX_K, DraftSettings, Drafter, DraftTree, 
 from .errors import SpecdecError, UsageError
 from .exactness import ExactnessRule, exactness_rule
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch
+from .prefill.backend import open_prefiller, prefill_with_fallback
 from .tuner import SpeculationPolicy, policy_for
 
 
@@ -60,6 +62,8 @@ class EngineConfig:
     # Branches a draft tree may have; every accepted cell is shared with this many sequences.
     n_seq_max: int = 64
     verbose: bool = False
+    prefill: str = "auto"  # auto | llama | onnx (prefill/backend.py)
+    ep: str | None = None  # onnxruntime execution provider for ONNX prefill
 
 
 @dataclass
@@ -177,6 +181,8 @@ class Generator:
         self._all_seqs = np.arange(self.config.n_seq_max, dtype=np.int32)
         self._kv_tokens: list[int] = []  # tokens whose KV cells are in every shared sequence
         self.drafter = Drafter(self.n_vocab, DraftSettings(), self._load_matrix())
+        self.prefiller = open_prefiller(self.model_path, self.config.prefill, self.config.ep,
+                                        n_threads=self.ctx.n_threads, warn=_warn)
         # `--draft auto` asks it for each step's sizes; built on first use (tuner.policy_for).
         self.policy = policy
 
@@ -328,6 +334,11 @@ class Generator:
                 self.ctx.seq_rm(int(s), keep, -1)
             del self._kv_tokens[keep:]
         pos = keep
+        stats.prefill_backend = "llama"
+        # ONNX writes whole sequences from position 0, so only a prompt with no cached prefix.
+        if keep == 0 and prefill_with_fallback(self.prefiller, self.ctx, body, self.config.n_seq_max, warn=_warn):
+            pos = len(body)
+            stats.prefill_backend = self.prefiller.backend_name
         while pos < len(body):
             chunk = body[pos:pos + self.config.n_batch]
             self._batch.set_chain(chunk, pos, self._all_seqs, all_outputs=False)
@@ -433,6 +444,10 @@ class Generator:
             return nat.RecyclingMatrix.load(str(self.matrix_path), self.n_vocab, MATRIX_K)
         except ValueError:
             return None
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
 
 
 @dataclass

@@ -33,6 +33,8 @@ class RunOptions:
     top_k: int = 40
     top_p: float = 0.95
     seed: int | None = None
+    prefill: str = "auto"
+    ep: str | None = None
 
 
 @dataclass
@@ -73,7 +75,7 @@ def open_session(options: RunOptions, progress: bool = True) -> Session:
         tree_size=options.tree_size or DEFAULT_TREE_SIZE,
         draft_len=DEFAULT_DRAFT_LEN if options.draft_len is None else options.draft_len)
     config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, kv_k=kv_k, kv_v=kv_v,
-                          verbose=options.verbose)
+                          verbose=options.verbose, prefill=options.prefill, ep=options.ep)
     matrix = cache_dir() / "recycling" / f"{file_sha256(resolved.path)}.matrix"
     generator = Generator(resolved.path, config,
                           chat_template=info.chat_template or (entry.chat_template if entry else None),
