@@ -339,12 +339,16 @@ class Generator:
         if keep == 0 and prefill_with_fallback(self.prefiller, self.ctx, body, self.config.n_seq_max, warn=_warn):
             pos = len(body)
             stats.prefill_backend = self.prefiller.backend_name
-        while pos < len(body):
-            chunk = body[pos:pos + self.config.n_batch]
-            self._batch.set_chain(chunk, pos, self._all_seqs, all_outputs=False)
-            self._batch.output[len(chunk) - 1] = 0
-            self.ctx.decode(self._batch)
-            pos += len(chunk)
+        try:
+            while pos < len(body):
+                chunk = body[pos:pos + self.config.n_batch]
+                self._batch.set_chain(chunk, pos, self._all_seqs, all_outputs=False)
+                self._batch.output[len(chunk) - 1] = 0
+                self.ctx.decode(self._batch)
+                pos += len(chunk)
+        except KeyboardInterrupt:
+            self._drop_uncommitted(len(self._kv_tokens))  # written cells that _kv_tokens does not record
+            raise
         self._kv_tokens.extend(int(t) for t in body[keep:])
         stats.n_prompt_prefilled = len(body) - keep + 1
         return len(body)
