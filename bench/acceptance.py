@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--categories", default=None, help="comma-separated; default: all")
     args = parser.parse_args()
 
     resolved = Registry.load().resolve(args.model)
@@ -62,7 +63,8 @@ def main() -> None:
             files("specdec_cli").joinpath("data/spec_bench_public.jsonl").read_text().splitlines()]
     per_category: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        if len(per_category[row["category"]]) < args.limit:
+        wanted = args.categories is None or row["category"] in args.categories.split(",")
+        if wanted and len(per_category[row["category"]]) < args.limit:
             per_category[row["category"]].append(row)
     runs: list[Run] = []
     started = time.time()
@@ -78,7 +80,10 @@ def main() -> None:
                                 s.tokens_per_s, s.tokens_per_s / plain.stats.tokens_per_s,
                                 1000 * (s.draft_ms + s.verify_ms) / s.steps,
                                 (s.draft_ms + s.decode_ms + s.verify_ms) / s.steps, res.tokens == plain.tokens))
-            print(f"[{time.time() - started:6.0f}s] {category} {row['question_id']} done", file=sys.stderr)
+            done = [r for r in runs if r.question_id == row["question_id"]]
+            print(f"[{time.time() - started:6.0f}s] {category} {row['question_id']}: " + ", ".join(
+                f"{r.config} {r.mean_accepted:.2f}/step {r.speedup:.2f}x {r.overhead_us_per_step:.0f}us"
+                f"{'' if r.matched else ' MISMATCH'}" for r in done), file=sys.stderr, flush=True)
     gen.close()
     summary = summarize(runs)
     if args.out:

@@ -25,6 +25,13 @@ def _mount_subcommands() -> None:
     from .cli_models import models_app
 
     app.add_typer(models_app, name="models")
+    from .cli_chat import chat
+    from .cli_tune import tune
+
+    app.command()(chat)
+    app.command()(tune)
+    from .cli_bench import bench
+    app.command()(bench)
 
 
 def stderr_console() -> Console:
@@ -67,6 +74,8 @@ def run(
     tree_size: opt.TreeSize = None,
     draft_len: opt.DraftLen = None,
     kv_cache: opt.KvCache = None,
+    kv_k: opt.KvK = None,
+    kv_v: opt.KvV = None,
     ctx: opt.Ctx = 4096,
     threads: opt.Threads = None,
     prefill: opt.Prefill = "auto",
@@ -84,8 +93,8 @@ def run(
     if max_tokens <= 0:
         raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
     text = read_prompt(prompt)
-    options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
-                         draft=draft, tree_size=tree_size, draft_len=draft_len,
+    options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
+                         verbose=verbose, draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep)
     session = open_session(options, progress=not no_progress)
     tokens = session.prompt_tokens(text, system=system, raw=raw)

@@ -1,0 +1,91 @@
+"""`specdec tune`: measure this device's verification cost curve for a model and store it
+as the profile `--draft auto` uses; `--show` lists the stored profiles."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import cli_options as opt
+from .tuner import Profile, Tuner, stored_profiles
+
+Quick = Annotated[bool, typer.Option("--quick", help="Fewer sizes and repeats: under 10 s.")]
+Show = Annotated[bool, typer.Option("--show", help="Print the stored profiles instead of measuring.")]
+
+
+def tune(
+    model: opt.Model = None,
+    quick: Quick = False,
+    show: Show = False,
+    kv_cache: opt.KvCache = None,
+    threads: opt.Threads = None,
+    as_json: opt.Json = False,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Measure the cost of verifying k tokens at once on this device (used by --draft auto)."""
+    if show:
+        _show(as_json)
+        return
+    from .session import RunOptions, open_session
+
+    session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, verbose=verbose),
+                           progress=False)
+    try:
+        t0 = time.perf_counter()
+        profile = Tuner(session.generator).measure(quick=quick)
+        elapsed = time.perf_counter() - t0
+    finally:
+        session.generator.close()
+    if as_json:
+        doc = _profile_doc(profile)
+        doc["model"] = session.alias
+        doc["seconds"] = round(elapsed, 3)
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    out = Console(highlight=False)
+    out.print(f"[bold]{session.alias}[/bold] on {profile.device} (verify batch {profile.verify_batch}), "
+              f"measured in {elapsed:.1f}s")
+    out.print(_curve_table(profile))
+
+
+def _show(as_json: bool) -> None:
+    entries = stored_profiles()
+    if as_json:
+        docs = [_profile_doc(p) | {"path": str(path)} for path, p in entries if p is not None]
+        sys.stdout.write(json.dumps(docs) + "\n")
+        return
+    out = Console(highlight=False)
+    if not entries:
+        out.print("no stored profiles (run `specdec tune`)")
+        return
+    for path, profile in entries:
+        if profile is None:
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.created))
+        out.print(f"[bold]{path.name}[/bold]  {profile.model_path}\n  {profile.device}, {when}"
+                  f"{' (quick)' if profile.quick else ''}")
+        out.print(_curve_table(profile))
+
+
+def _profile_doc(profile: Profile) -> dict:
+    doc = profile.to_json()
+    doc["curve"]["ratios"] = {str(k): v for k, v in profile.curve.ratios().items()}
+    return doc
+
+
+def _curve_table(profile: Profile) -> Table:
+    table = Table(show_edge=False)
+    table.add_column("k", justify="right")
+    table.add_column("c(k) ms", justify="right")
+    table.add_column("c(k)/c(1)", justify="right")
+    table.add_column("ms/token", justify="right")
+    ratios = profile.curve.ratios()
+    for k, ms in zip(profile.curve.sizes, profile.curve.ms):
+        table.add_row(str(k), f"{ms:.2f}", f"{ratios[k]:.2f}", f"{ms / k:.2f}")
+    return table

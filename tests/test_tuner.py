@@ -1,0 +1,157 @@
+"""The auto-tuner: cost profiles (measure, store, reload, rebuild when corrupt) and the
+speculation policy's choices on synthetic cost curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specdec_cli import tuner
+from specdec_cli.tuner import CostCurve, Profile, SpeculationPolicy, load_profile, save_profile
+
+NO_MATCH = np.zeros(0, dtype=np.int32)
+CHAIN = np.arange(100, 116, dtype=np.int32)
+
+
+def linear_curve() -> CostCurve:
+    """Every row costs as much as the first: nothing can pay."""
+    return CostCurve(sizes=[1, 64], ms=[10.0, 640.0])
+
+
+def flat_curve() -> CostCurve:
+    """A GPU-like curve: 64 rows cost barely more than one."""
+    return CostCurve(sizes=[1, 16, 64], ms=[10.0, 10.5, 12.0])
+
+
+def teach_ngram(policy: SpeculationPolicy, match_n: int, accept: float, steps: int = 200) -> None:
+    """Feed shadow predictions whose tokens are right with probability `accept` per depth."""
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        policy.choose(CHAIN[:8], match_n)
+        produced = []
+        for tok in CHAIN[:8]:
+            if rng.random() < accept:
+                produced.append(int(tok))
+            else:
+                produced.append(1)
+                break
+        policy.observe(produced)
+        policy.reset()
+
+
+@pytest.mark.parametrize("match_n", [0, 1, 2, 3, 4])
+def test_policy_plain_when_nothing_pays(match_n: int) -> None:
+    policy = SpeculationPolicy(linear_curve(), verify_batch=64, max_tree=64, max_chain=16)
+    teach_ngram(policy, max(match_n, 1), accept=0.8)
+    choice = policy.choose(CHAIN if match_n else NO_MATCH, match_n)
+    assert choice.plain
+    assert (choice.tree_size, choice.draft_len) == (1, 0)
+
+
+def test_policy_large_tree_on_flat_curve() -> None:
+    policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=64, max_chain=16)
+    choice = policy.choose(NO_MATCH, 0)
+    assert choice.tree_size >= 32 and choice.draft_len == 0
+    with_match = policy.choose(CHAIN, 4)
+    assert with_match.tree_size >= 16 and with_match.draft_len >= 8
+
+
+def test_policy_speculates_on_strong_matches_only_on_cpu_curve() -> None:
+    policy = SpeculationPolicy(tuner.prior_curve(), verify_batch=32, max_tree=16, max_chain=8)
+    teach_ngram(policy, 4, accept=0.95)
+    teach_ngram(policy, 1, accept=0.3)
+    strong = policy.choose(CHAIN, 4)
+    assert strong.tree_size == 1 and strong.draft_len >= 2
+    assert policy.choose(CHAIN, 1).plain
+    assert policy.choose(NO_MATCH, 0).plain
+
+
+def test_policy_respects_limits() -> None:
+    policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=8, max_chain=4)
+    choice = policy.choose(CHAIN, 4)
+    assert choice.tree_size <= 8 and choice.draft_len <= 4
+
+
+def test_cost_curve_splits_into_verify_batches() -> None:
+    curve = CostCurve(sizes=[1, 8], ms=[1.0, 8.0])
+    assert curve.at(4) == pytest.approx(4.0)
+    assert curve.step_ms(20, verify_batch=8) == pytest.approx(2 * 8.0 + 4.0)
+    assert curve.at(16) == pytest.approx(16.0)  # linear extrapolation
+
+
+def _profile() -> Profile:
+    return Profile(device_key="abc", device="cpu threads=2 kv=f16/q8_0", model_sha256="0" * 64,
+                   model_path="/m.gguf", n_threads=2, kv_cache="f16/q8_0", verify_batch=32, quick=True,
+                   created=1.5, prefix_tokens=300, curve=CostCurve(sizes=[1, 2, 4], ms=[13.0, 21.0, 37.5]))
+
+
+def test_profile_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "profiles" / "p.json"
+    save_profile(_profile(), path)
+    assert load_profile(path) == _profile()
+    assert [p.name for p in path.parent.iterdir()] == ["p.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 1}), json.dumps([1, 2]),
+                                     json.dumps({**_profile().to_json(), "curve": {"sizes": [2, 1], "ms": [1, 2]}})])
+def test_corrupt_profile_is_ignored_with_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 content: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    assert load_profile(path) is None
+    assert "corrupt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def smollm2_generator(smollm2_gguf: Path, shared_cache_dir: Path):
+    from specdec_cli.generator import EngineConfig, Generator
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
+        gen = Generator(smollm2_gguf, EngineConfig(n_ctx=1024))
+        yield gen
+        gen.close()
+
+
+def test_corrupt_profile_rebuilt(smollm2_generator, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tuner, "QUICK_SIZES", (1, 2, 4))
+    monkeypatch.setattr(tuner, "QUICK_REPEATS", 1)
+    tune = tuner.Tuner(smollm2_generator)
+    tune.path.parent.mkdir(parents=True, exist_ok=True)
+    tune.path.write_text("garbage")
+    policy = tuner.policy_for(smollm2_generator, max_tree=16, max_chain=8)
+    assert not policy.measured  # fell back to the built-in prior
+    assert "rebuilt" in capsys.readouterr().err
+    profile = tune.measure(quick=True)
+    assert tune.load() == profile
+    assert profile.curve.sizes == [1, 2, 4] and all(ms > 0 for ms in profile.curve.ms)
+    assert tuner.policy_for(smollm2_generator, max_tree=16, max_chain=8).measured
+
+
+def test_auto_output_equals_plain(smollm2_generator) -> None:
+    from specdec_cli.drafting import DraftSettings
+
+    gen = smollm2_generator
+    text = ("Repeat this list exactly: apples, pears, plums, cherries, grapes, lemons, limes, figs. "
+            "Now repeat it again: apples, pears, plums, cherries, grapes, lemons, limes, figs.")
+    prompt = gen.tokenize(gen.render_chat([("user", text)]))
+    plain = gen.generate(prompt, max_tokens=48, draft=DraftSettings(mode="none"))
+    auto = gen.generate(prompt, max_tokens=48, draft=DraftSettings(mode="auto", tree_size=16, draft_len=8))
+    assert auto.tokens == plain.tokens
+    assert auto.stats.draft == "auto"
+
+
+def test_tune_quick_json_cli(run_specdec) -> None:
+    result = run_specdec("tune", "--quick", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["quick"] is True and doc["curve"]["sizes"][0] == 1
+    assert len(doc["curve"]["ms"]) == len(doc["curve"]["sizes"]) and min(doc["curve"]["ms"]) > 0
+    assert doc["n_threads"] >= 1 and len(doc["model_sha256"]) == 64
+    shown = run_specdec("tune", "--show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert any(p["model_sha256"] == doc["model_sha256"] for p in json.loads(shown.stdout))
