@@ -22,16 +22,15 @@ app = typer.Typer(
 
 
 def _mount_subcommands() -> None:
-    from .cli_models import models_app
-
-    app.add_typer(models_app, name="models")
+    from .cli_bench import bench
     from .cli_chat import chat
+    from .cli_models import models_app
     from .cli_tune import tune
 
+    app.add_typer(models_app, name="models")
     app.command()(chat)
-    app.command()(tune)
-    from .cli_bench import bench
     app.command()(bench)
+    app.command()(tune)
 
 
 def stderr_console() -> Console:
