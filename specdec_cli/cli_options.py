@@ -38,6 +38,10 @@ DraftLen = Annotated[Optional[int], typer.Option(envvar=_env("draft-len"), min=0
                                                  help="Longest n-gram continuation drafted.")]
 KvCache = Annotated[Optional[str], typer.Option("--kv-cache", envvar=_env("kv-cache"), callback=_check_kv,
                                                 help="KV cache type for K and V: f16 | q8_0 | q4_0.")]
+KvK = Annotated[Optional[str], typer.Option("--kv-k", envvar=_env("kv-k"), callback=_check_kv,
+                                            help="KV cache type for K only (overrides --kv-cache): f16 | q8_0 | q4_0.")]
+KvV = Annotated[Optional[str], typer.Option("--kv-v", envvar=_env("kv-v"), callback=_check_kv,
+                                            help="KV cache type for V only (overrides --kv-cache): f16 | q8_0 | q4_0.")]
 Ctx = Annotated[int, typer.Option("--ctx", envvar=_env("ctx"), min=16, help="Context length in tokens.")]
 Threads = Annotated[Optional[int], typer.Option(envvar=_env("threads"), min=1,
                                                 help="CPU threads (default: physical cores).")]

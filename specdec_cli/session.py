@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .drafting import DraftSettings
-from .errors import UsageError
+from .cli_options import KV_CHOICES
+from .errors import SpecdecError, UsageError
 from .generator import EngineConfig, Generator, SamplingParams
 from .gguf_file import check_gguf, file_sha256
 from .paths import cache_dir
@@ -17,6 +18,7 @@ from .registry import Registry
 DEFAULT_DRAFT = "auto"
 DEFAULT_TREE_SIZE = 16
 DEFAULT_DRAFT_LEN = 8
+UNQUANTIZED_KV = {"f32", "f16"}
 
 
 @dataclass
@@ -24,7 +26,9 @@ class RunOptions:
     model: str | None = None
     ctx: int = 4096
     threads: int | None = None
-    kv_cache: str | None = None
+    kv_cache: str | None = None  # K and V; kv_k / kv_v override one of them
+    kv_k: str | None = None
+    kv_v: str | None = None
     verbose: bool = False
     draft: str | None = None
     tree_size: int | None = None
@@ -59,6 +63,21 @@ class Session:
         self.generator.close()
 
 
+def kv_cache_types(options: RunOptions, model_default: str | None) -> tuple[str, str]:
+    """K and V cache types: --kv-k / --kv-v, else --kv-cache, else the model's models.toml
+    `kv_cache`, else the engine default (K f16, V q8_0: see EngineConfig for why V is
+    quantized even by default)."""
+    if model_default is not None and model_default not in KV_CHOICES:
+        raise UsageError(f"models.toml sets kv_cache = {model_default!r}; choose from {', '.join(KV_CHOICES)}")
+    both = options.kv_cache or model_default
+    kv_k = options.kv_k or both or EngineConfig.kv_k
+    kv_v = options.kv_v or both or EngineConfig.kv_v
+    for flag, name in (("--kv-k", kv_k), ("--kv-v", kv_v)):
+        if name not in KV_CHOICES:  # the CLI checks too; this guards the library API
+            raise UsageError(f"{flag} {name!r} is not one of {', '.join(KV_CHOICES)}")
+    return kv_k, kv_v
+
+
 def open_session(options: RunOptions, progress: bool = True) -> Session:
     sampling = SamplingParams(temperature=options.temperature, top_k=options.top_k,
                               top_p=options.top_p, seed=options.seed)
@@ -68,8 +87,7 @@ def open_session(options: RunOptions, progress: bool = True) -> Session:
     info = check_gguf(resolved.path)
     entry = resolved.entry
     defaults = entry.defaults if entry is not None else {}
-    kv_name = options.kv_cache or defaults.get("kv_cache")
-    kv_k, kv_v = (kv_name, kv_name) if kv_name else (EngineConfig.kv_k, EngineConfig.kv_v)
+    kv_k, kv_v = kv_cache_types(options, defaults.get("kv_cache"))
     draft = DraftSettings(
         mode=options.draft or defaults.get("draft", DEFAULT_DRAFT),
         tree_size=options.tree_size or DEFAULT_TREE_SIZE,
@@ -77,7 +95,15 @@ def open_session(options: RunOptions, progress: bool = True) -> Session:
     config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, kv_k=kv_k, kv_v=kv_v,
                           verbose=options.verbose, prefill=options.prefill, ep=options.ep)
     matrix = cache_dir() / "recycling" / f"{file_sha256(resolved.path)}.matrix"
-    generator = Generator(resolved.path, config,
-                          chat_template=info.chat_template or (entry.chat_template if entry else None),
-                          matrix_path=matrix)
+    try:
+        generator = Generator(resolved.path, config,
+                              chat_template=info.chat_template or (entry.chat_template if entry else None),
+                              matrix_path=matrix)
+    except SpecdecError as exc:
+        if "failed to create a context" not in str(exc) or not {kv_k, kv_v} - UNQUANTIZED_KV:
+            raise
+        # llama.cpp refuses a quantized cache whose blocks (32 values) don't divide the
+        # model's head size, or a quantized V where flash attention can't run.
+        raise UsageError(f"llama.cpp could not create a K={kv_k} V={kv_v} KV cache for this model "
+                         "(or ran out of memory); try --kv-cache f16, a smaller --ctx, or --verbose") from None
     return Session(alias=resolved.alias, generator=generator, sampling=sampling, draft=draft)
