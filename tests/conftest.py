@@ -24,6 +24,17 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("specdec-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def probed_default_model(shared_cache_dir: Path, smollm2_gguf: Path) -> None:
+    """Run the default model's one-time exactness probe before any test, so that no
+    single test's timeout has to cover it."""
+    from specdec_cli.exactness import exactness_rule
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
+        exactness_rule(smollm2_gguf)
+
+
 @pytest.fixture
 def specdec_env(tmp_path: Path, shared_cache_dir: Path) -> dict[str, str]:
     """Environment for a specdec subprocess: own config, data and Hugging Face dirs, a

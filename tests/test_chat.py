@@ -17,7 +17,8 @@ PROMPT = ">>> "
 def _spawn(args: list[str], env: dict[str, str], cwd: Path) -> pexpect.spawn:
     child = pexpect.spawn(sys.executable, ["-m", "specdec_cli", "chat", *args], env=env, cwd=str(cwd),
                           encoding="utf-8", timeout=90, dimensions=(50, 200))
-    child.expect_exact(PROMPT)  # the model is loaded
+    # Loading may include the one-time exactness probe of the model (exactness.py).
+    child.expect_exact(PROMPT, timeout=300)  # the model is loaded
     return child
 
 
