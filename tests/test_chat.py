@@ -52,6 +52,13 @@ def test_chat_in_a_terminal(specdec_env: dict[str, str], tmp_path: Path) -> None
 
 def test_ctrl_c_stops_the_reply_and_keeps_it(specdec_env: dict[str, str], tmp_path: Path) -> None:
     child = _spawn(["--draft", "none", "--max-tokens", "3000", "--quiet"], specdec_env, tmp_path)
+    try:
+        _interrupt_and_save(child, tmp_path)
+    finally:
+        child.terminate(force=True)  # never leave a 3000-token reply running after a failure
+
+
+def _interrupt_and_save(child: pexpect.spawn, tmp_path: Path) -> None:
     message = "Count from 1 to 1000, one number per line."  # a reply far longer than the test
     child.sendline(message)
     child.expect_exact(message + "\r\n")  # the terminal's echo of the line
