@@ -11,7 +11,8 @@ file hash) under the cache dir.
 Policy. Before each step the n-gram drafter's lookup gives a continuation and the length n
 of the context suffix that matched. The policy keeps acceptance statistics per drafter, per
 match strength and per depth, and picks the (tree size, chain length) with the highest
-expected tokens per second, E[accepted + 1] / c(rows), where (1, 0) is plain decoding.
+expected tokens per second, E[accepted + 1] / c(rows), where (1, 0) is plain decoding;
+a speculative option has to beat plain decoding by SPECULATION_MARGIN to be taken.
 - Choosing the chain length by the marginal value of one more token is SpecDec++'s rule
   (Huang et al. 2024, "SpecDec++: Boosting Speculative Decoding via Adaptive Candidate
   Lengths": stop drafting once the probability of a rejection makes the next token not
@@ -72,6 +73,12 @@ TREE_SIZES = (4, 8, 16, 32, 64)
 # Drafting, laying out the tree and sharing the accepted KV cells cost a speculative step
 # ~0.5 ms more than a plain one (measured: SmolLM2, 2-core CPU, c(1) = 13 ms).
 SPECULATIVE_STEP_OVERHEAD = 0.04
+# A speculative option must promise this many times plain decoding's tokens per ms. The
+# acceptance rates are running estimates, and the option with the highest *estimated* rate
+# is biased upwards (its estimate is the maximum of several noisy ones), while a lost bet
+# costs a whole extra step. Without the margin, bets that promised a few percent lost up to
+# 20% on Spec-Bench's extraction prompts on a 2-core CPU (bench/RESULTS.md).
+SPECULATION_MARGIN = 1.10
 MAX_DEPTH = 64
 MAX_STREAK = 2
 
@@ -390,7 +397,8 @@ class SpeculationPolicy:
         first_hit = self.ngram[bucket].rate(0) if bucket else 0.0
         # Plain floats in the loop: this runs every step, next to a ~13 ms decode.
         cost = self._step_cost
-        best_rate, best = 1.0 / cost(n_deferred + 1), (1, 0, 1.0)
+        plain_rate = 1.0 / cost(n_deferred + 1)
+        best_rate, best = SPECULATION_MARGIN * plain_rate, (1, 0, 1.0)
         for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:
             for d in range(0 if t > 1 else 1, len(gains)):
                 # A tree's alternatives only matter when the chain's first token is rejected.

@@ -69,6 +69,19 @@ def test_policy_speculates_on_strong_matches_only_on_cpu_curve() -> None:
     assert policy.choose(NO_MATCH, 0).plain
 
 
+def test_policy_plain_when_the_gain_is_within_the_margin() -> None:
+    """Each drafted token costs half a row: a 60%-right match promises at most ~4% more
+    tokens per ms than plain decoding, inside the margin; a 95%-right match pays."""
+    curve = CostCurve(sizes=[1, 2, 64], ms=[10.0, 15.0, 325.0])
+    weak = SpeculationPolicy(curve, verify_batch=64, max_tree=64, max_chain=16)
+    teach_ngram(weak, 4, accept=0.6)
+    assert weak.choose(CHAIN, 4).plain
+    strong = SpeculationPolicy(curve, verify_batch=64, max_tree=64, max_chain=16)
+    teach_ngram(strong, 4, accept=0.95)
+    choice = strong.choose(CHAIN, 4)
+    assert choice.tree_size == 1 and choice.draft_len >= 1
+
+
 def test_policy_respects_limits() -> None:
     policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=8, max_chain=4)
     choice = policy.choose(CHAIN, 4)
