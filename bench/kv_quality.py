@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import resource
+import psutil
 import subprocess
 import sys
 import time
@@ -176,12 +176,24 @@ def quality(alias: str, per_category: int) -> dict:
                       for kv, r in results.items()]}
 
 
+def peak_rss_bytes() -> int:
+    """This process image's peak RSS. Not getrusage's ru_maxrss: Linux carries that over
+    exec from the parent, so a probe started by a big parent would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss  # no /proc: the current RSS, a lower bound
+
+
 def long_context_memory(alias: str, kv: tuple[str, str], n_tokens: int) -> dict:
     """Run in a fresh process: peak RSS only grows, so each type needs its own."""
     model = LlamaModel(model_path(alias))
     text = PROMPTS.read_text()
     tokens = model.tokenize(text * (1 + 4 * n_tokens // len(text)), add_special=True, parse_special=False)[:n_tokens]
-    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_model = psutil.Process().memory_info().rss
     ctx = open_context(model, kv, n_tokens + 512, 512)
     batch = TokenBatch(512, 1)
     seq = np.zeros(1, dtype=np.int32)
@@ -192,7 +204,7 @@ def long_context_memory(alias: str, kv: tuple[str, str], n_tokens: int) -> dict:
         ctx.decode(batch)
     prefill_s = time.perf_counter() - start
     return {"model": alias, "cache": type_name(kv), "tokens": n_tokens, "kv_bytes": ctx.kv_bytes(0),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss_bytes(),
             "rss_after_model_load_bytes": rss_model, "prefill_s": round(prefill_s, 2)}
 
 
@@ -212,6 +224,10 @@ def print_report(report: dict) -> None:
         print("cache      top1(all)  KL(all)    top1(cont) KL(cont)   greedy64-match  mean-prefix")
         for t in q["types"]:
             a, c = t["all_positions"], t["continuation"]
+            if t["cache"] == type_name(REFERENCE):
+                print(f"{t['cache']:<10} {'(reference)':>8}  {'':>9}  {'':>8}  {'':>9}"
+                      f"  {t['greedy_match_rate']:>14.2f}  {t['greedy_mean_matching_prefix']:>11.1f}")
+                continue
             print(f"{t['cache']:<10} {a['top1_agreement']:>8.4f}  {a['mean_kl']:>9.2e}  {c['top1_agreement']:>8.4f}"
                   f"  {c['mean_kl']:>9.2e}  {t['greedy_match_rate']:>14.2f}  {t['greedy_mean_matching_prefix']:>11.1f}")
     for alias, rows in report["memory"].items():
@@ -229,6 +245,7 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=2)
     parser.add_argument("--long-tokens", type=int, default=LONG_CONTEXT - 192)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "K/V"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,7 +254,7 @@ def main() -> None:
         print(json.dumps(long_context_memory(alias, tuple(kv.split("/")), args.long_tokens)))
         return
     aliases = args.models.split(",")
-    report = {"quality": [quality(alias, args.per_category) for alias in aliases],
+    report = {"quality": [] if args.skip_quality else [quality(alias, args.per_category) for alias in aliases],
               "memory": {} if args.skip_memory else {alias: memory_table(alias, args.long_tokens) for alias in aliases}}
     print_report(report)
     if args.json:

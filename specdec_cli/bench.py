@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -384,6 +385,32 @@ def run_specdec(session, plan: BenchPlan, prompt_tokens: list, advance: Progress
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8}
 
 
+@contextmanager
+def _peer_weight_layout():
+    """`Llama` has no option for the weight layout and loads with llama.cpp's default; where
+    that layout crashes (llama.repacked_weights_safe), build the peers with it off, as our
+    engine does, by handing `Llama` default model params with it off."""
+    import llama_cpp.llama_cpp as lc
+
+    from .llama import repacked_weights_safe
+
+    if repacked_weights_safe():
+        yield
+        return
+    default_params = lc.llama_model_default_params
+
+    def plain_layout_params():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    lc.llama_model_default_params = plain_layout_params
+    try:
+        yield
+    finally:
+        lc.llama_model_default_params = default_params
+
+
 def run_lcp_peers(model_path: Path, plan: BenchPlan, prompt_texts: list[str], reference: dict,
                   n_threads: int, n_ctx: int, kv: tuple[str, str], advance: Progress) -> list[Sample]:
     """llama-cpp-python's high-level API, with and without its prompt-lookup draft model.
@@ -399,10 +426,12 @@ def run_lcp_peers(model_path: Path, plan: BenchPlan, prompt_texts: list[str], re
     # Same KV cache types and flash attention as our engine, so outputs are comparable.
     common = dict(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_batch=512, verbose=False,
                   type_k=_GGML_TYPES[kv[0]], type_v=_GGML_TYPES[kv[1]], flash_attn=True)
-    plain = Llama(**common)
-    # logits_all spelled out: 0.3.36 sizes its scores array from the argument, not from the
-    # draft model that forces it on, and overflows on prompts longer than n_batch otherwise.
-    drafting = Llama(**common, logits_all=True, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=LCP_DEFAULT_PRED))
+    with _peer_weight_layout():
+        plain = Llama(**common)
+        # logits_all spelled out: 0.3.36 sizes its scores array from the argument, not from the
+        # draft model that forces it on, and overflows on prompts longer than n_batch otherwise.
+        drafting = Llama(**common, logits_all=True,
+                         draft_model=LlamaPromptLookupDecoding(num_pred_tokens=LCP_DEFAULT_PRED))
 
     def complete(spec: MethodSpec, text: str, max_tokens: int) -> tuple[str, int, float, float]:
         llm = plain if spec.is_baseline else drafting

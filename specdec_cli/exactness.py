@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .gguf_file import file_sha256
-from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch
+from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
 from .paths import cache_dir
 
 PROBE_TEXT = ("The committee met on Tuesday to review the budget. After a long discussion, "
@@ -66,7 +66,7 @@ def exactness_rule(model_path: Path, verbose: bool = False) -> ExactnessRule:
 
 def probe_exactness(model_path: Path, verbose: bool = False) -> ExactnessRule:
     best = ExactnessRule(False, 1)
-    for repacked in (True, False):
+    for repacked in (True, False) if repacked_weights_safe() else (False,):
         model = LlamaModel(model_path, repacked_weights=repacked, verbose=verbose)
         try:
             size = _largest_exact_batch(model)

@@ -46,6 +46,19 @@ def system_info() -> str:
     return lc.llama_print_system_info().decode("utf-8", "replace")
 
 
+def repacked_weights_safe() -> bool:
+    """Whether the extra CPU weight layouts (`use_extra_bufts`) can be used in this build.
+
+    A -march=native build on a CPU with AMX compiles ggml's AMX matmul kernels, which that
+    layout routes quantized weights to; at the pinned llama.cpp they die with SIGILL on the
+    first batched matmul (seen on a Sapphire Rapids VM: `tilezero` in an OpenMP worker, with
+    the XTILEDATA permission granted). llama.cpp PR #26954 describes the causes: the
+    permission is requested on the main thread only and the tile config on the stack can be
+    optimised away. Such builds keep the weights in the plain layout."""
+    init_backend()
+    return "AMX_INT8 = 1" not in system_info()
+
+
 def supports_gpu_offload() -> bool:
     return bool(lc.llama_supports_gpu_offload())
 
@@ -60,7 +73,7 @@ class LlamaModel:
         params.n_gpu_layers = n_gpu_layers
         # The repacked CPU weight layout makes batched matmuls take a different code path
         # than single-token ones on some quant types (DESIGN.md section 3).
-        params.use_extra_bufts = repacked_weights
+        params.use_extra_bufts = repacked_weights and repacked_weights_safe()
         self.path = Path(path)
         self._ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
