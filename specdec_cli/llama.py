@@ -8,6 +8,7 @@ numpy-owned so that native code and numpy fill them without per-token Python.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ def system_info() -> str:
     return lc.llama_print_system_info().decode("utf-8", "replace")
 
 
+@functools.cache
 def repacked_weights_safe() -> bool:
     """Whether the extra CPU weight layouts (`use_extra_bufts`) can be used in this build.
 
@@ -54,8 +56,10 @@ def repacked_weights_safe() -> bool:
     first batched matmul (seen on a Sapphire Rapids VM: `tilezero` in an OpenMP worker, with
     the XTILEDATA permission granted). llama.cpp PR #26954 describes the causes: the
     permission is requested on the main thread only and the tile config on the stack can be
-    optimised away. Such builds keep the weights in the plain layout."""
-    init_backend()
+    optimised away. Such builds keep the weights in the plain layout.
+
+    Needs no init_backend(): calling that here, before a caller's init_backend(verbose),
+    would fix llama.cpp's logging off for the whole process."""
     return "AMX_INT8 = 1" not in system_info()
 
 
