@@ -360,8 +360,10 @@ def run_specdec(session, plan: BenchPlan, prompt_tokens: list, advance: Progress
         shift = index % len(methods)
         order = methods[shift:] + methods[:shift]
         outputs: dict[str, list] = {}
-        for _ in range(plan.repeat):
-            for spec in order:
+        for r in range(plan.repeat):
+            # ABBA...: the order flips every round so that a machine slowing down or
+            # speeding up during a prompt weighs on every method alike.
+            for spec in (order if r % 2 == 0 else order[::-1]):
                 result = generator.generate(tokens, max_tokens=plan.max_tokens, sampling=sampling,
                                             draft=_draft_settings(spec, session.draft))
                 s = result.stats

@@ -82,6 +82,23 @@ def test_policy_plain_when_the_gain_is_within_the_margin() -> None:
     assert choice.tree_size == 1 and choice.draft_len >= 1
 
 
+def test_policy_stops_speculating_when_this_generation_keeps_missing() -> None:
+    """Earlier prompts taught that 4-token matches are right 95% of the time; in a prompt
+    where they keep being wrong the policy falls back to plain decoding within the
+    generation, and starts the next generation from the global rate again."""
+    policy = SpeculationPolicy(tuner.prior_curve(), verify_batch=32, max_tree=16, max_chain=8)
+    teach_ngram(policy, 4, accept=0.95)
+    assert not policy.choose(CHAIN, 4).plain
+    policy.observe([1])
+    for _ in range(30):
+        policy.choose(CHAIN, 4)
+        policy.observe([1])
+    assert policy.choose(CHAIN, 4).plain
+    policy.observe([1])
+    policy.reset()
+    assert not policy.choose(CHAIN, 4).plain
+
+
 def test_policy_respects_limits() -> None:
     policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=8, max_chain=4)
     choice = policy.choose(CHAIN, 4)
