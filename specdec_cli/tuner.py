@@ -63,8 +63,9 @@ FULL_REPEATS = 7
 # Without a stored profile the policy assumes the cost ratios c(k)/c(1) measured for
 # SmolLM2-135M on a 2-core CPU (DESIGN.md section 2): nearly linear, the most conservative
 # device we know. On it only strong n-gram matches pay; on a faster-scaling device this
-# under-speculates but never makes decoding slower than plain.
-PRIOR_COST_RATIOS = {1: 1.0, 2: 1.6, 4: 2.9, 8: 5.6, 16: 9.2, 32: 17.4, 64: 33.5}
+# under-speculates but never makes decoding slower than plain. Each ratio includes the
+# ~0.07 c(1) a k-row step costs the plain step after it (see measure_curve).
+PRIOR_COST_RATIOS = {1: 1.0, 2: 1.7, 4: 3.0, 8: 5.7, 16: 9.3, 32: 17.5, 64: 33.6}
 
 # Priors for the acceptance statistics, each worth PRIOR_WEIGHT observations.
 PRIOR_WEIGHT = 4.0
@@ -75,9 +76,10 @@ NGRAM_PRIOR_ACCEPT = {1: 0.25, 2: 0.4, 3: 0.5, 4: 0.6}
 # simulation: ~1.1 at 8-16 nodes, ~1.7 with an 80-node tree), kept below what was measured.
 RECYCLING_PRIOR_ACCEPTED = {4: 0.5, 8: 0.8, 16: 1.0, 32: 1.2, 64: 1.4}
 TREE_SIZES = (4, 8, 16, 32, 64)
-# Drafting, laying out the tree and sharing the accepted KV cells cost a speculative step
-# ~0.5 ms more than a plain one (measured: SmolLM2, 2-core CPU, c(1) = 13 ms).
-SPECULATIVE_STEP_OVERHEAD = 0.04
+# Drafting, laying out the tree and sharing the accepted KV cells with every sequence cost
+# a speculative step 0.35-0.75 ms more than a plain one (measured: SmolLM2, 2-core CPU,
+# c(1) = 12 ms; the more context, the more).
+SPECULATIVE_STEP_OVERHEAD = 0.05
 # A speculative option must promise this many times plain decoding's tokens per ms. The
 # acceptance rates are running estimates, and the option with the highest *estimated* rate
 # is biased upwards (its estimate is the maximum of several noisy ones), while a lost bet
@@ -222,8 +224,16 @@ def _warn(message: str) -> None:
 
 def measure_curve(generator: "Generator", sizes: tuple[int, ...], repeats: int,
                   prefix_tokens: int = PREFIX_TOKENS) -> CostCurve:
-    """Median time of a verification step of k rows for each k, after `prefix_tokens` of
+    """Median cost of a verification step of k rows for each k, after `prefix_tokens` of
     context, on the Generator's own context (same threads, KV types, batch limits).
+
+    Measured the way the decode loop pays it. llama.cpp reuses its compute graph while
+    the batch shape stays the same, so plain decoding (one row after another) is cheaper
+    than a lone one-row call, and a k-row step costs its own graph build plus a rebuild
+    for the plain step after it (measured: SmolLM2, 2-core CPU, +0.9 ms on a 12 ms step).
+    So c(1) is a one-row call right after another one, and c(k) for k > 1 is the k-row
+    call plus the next one-row call, minus c(1). Timing k-row calls alone made 2 rows look
+    like 1.53 plain steps where generation paid 1.7.
     The cells it writes sit after everything the Generator keeps and are removed again."""
     from . import _native as nat
     from .drafting import MATRIX_K
@@ -234,40 +244,55 @@ def measure_curve(generator: "Generator", sizes: tuple[int, ...], repeats: int,
     all_seqs = np.arange(n_seq, dtype=np.int32)
     start = max(ctx.seq_pos_max(0) + 1, 0)
     largest = max(sizes)
-    if start + prefix_tokens + largest > ctx.n_ctx:
-        prefix_tokens = max(0, ctx.n_ctx - start - largest)
+    if start + prefix_tokens + largest + 1 > ctx.n_ctx:
+        prefix_tokens = max(0, ctx.n_ctx - start - largest - 1)
     batch = TokenBatch(generator.config.n_batch, n_seq)
     # Any tokens do: cost does not depend on which; avoid control tokens near id 0.
     rng = np.random.default_rng(0)
-    filler = rng.integers(100, min(generator.n_vocab, 30000), size=prefix_tokens + largest, dtype=np.int32)
+    filler = rng.integers(100, min(generator.n_vocab, 30000), size=prefix_tokens + largest + 1, dtype=np.int32)
     vb = max(1, generator.verify_batch)
-    times: dict[int, list[float]] = {k: [] for k in sizes}
+    base = start + prefix_tokens
+
+    def timed_step(rows: np.ndarray, pos: int) -> float:
+        t0 = time.perf_counter()
+        for offset in range(0, len(rows), vb):
+            part = rows[offset:offset + vb]
+            batch.set_chain(part, pos + offset, all_seqs[:1], all_outputs=True)
+            ctx.decode(batch)
+            nat.topk_rows(ctx.logits(len(part)), MATRIX_K)
+        return (time.perf_counter() - t0) * 1000
+
+    def drop_from(pos: int) -> None:
+        for s in range(n_seq):
+            ctx.seq_rm(s, pos, -1)
+
+    plain: list[float] = []
+    after: dict[int, list[float]] = {k: [] for k in sizes}
     try:
         pos = start
-        while pos < start + prefix_tokens:
-            chunk = filler[pos - start:pos - start + min(generator.config.n_batch, start + prefix_tokens - pos)]
+        while pos < base:
+            chunk = filler[pos - start:pos - start + min(generator.config.n_batch, base - pos)]
             batch.set_chain(chunk, pos, all_seqs, all_outputs=False)
             ctx.decode(batch)
             pos += len(chunk)
-        base = start + prefix_tokens
+        one = filler[prefix_tokens:prefix_tokens + 1]
         order = [k for _ in range(repeats + 1) for k in sizes]  # interleaved: noise hits all sizes alike
         for i, k in enumerate(order):
-            rows = filler[prefix_tokens:prefix_tokens + k]
-            t0 = time.perf_counter()
-            for offset in range(0, k, vb):
-                part = rows[offset:offset + vb]
-                batch.set_chain(part, base + offset, all_seqs[:1], all_outputs=True)
-                ctx.decode(batch)
-                nat.topk_rows(ctx.logits(len(part)), MATRIX_K)
-            elapsed = (time.perf_counter() - t0) * 1000
-            for s in range(n_seq):
-                ctx.seq_rm(s, base, -1)
+            timed_step(one, base)  # makes the one-row graph the current one
+            drop_from(base)
+            reused = timed_step(one, base)
+            drop_from(base)
+            step = timed_step(filler[prefix_tokens:prefix_tokens + k], base)
+            next_plain = timed_step(filler[prefix_tokens + k:prefix_tokens + k + 1], base + k)
+            drop_from(base)
             if i >= len(sizes):  # the first round warms caches up and is discarded
-                times[k].append(elapsed)
+                plain.append(reused)
+                after[k].append(step + next_plain)
     finally:
-        for s in range(n_seq):
-            ctx.seq_rm(s, start, -1)
-    return CostCurve(sizes=list(sizes), ms=[round(statistics.median(times[k]), 4) for k in sizes])
+        drop_from(start)
+    c1 = statistics.median(plain)
+    ms = [c1 if k == 1 else max(statistics.median(after[k]) - c1, c1) for k in sizes]
+    return CostCurve(sizes=list(sizes), ms=[round(v, 4) for v in ms])
 
 
 class Tuner:
