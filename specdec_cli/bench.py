@@ -11,7 +11,9 @@ lossless).
 
 Method specs: `none`, `ngram[:DRAFT_LEN]`, `recycling[:TREE_SIZE]`,
 `hybrid[:TREE_SIZE[:DRAFT_LEN]]`, `auto[:TREE_SIZE[:DRAFT_LEN]]` (missing numbers: the
-session defaults). Peers (baselines of their own, paired the same way):
+session defaults), and `control`: plain decoding again, timed as a method of its own, so
+that its speedup (true value 1.0) shows what the machine's noise alone reads as (an A/A
+test). Peers (baselines of their own, paired the same way):
 `lcp` / `lcp-pld:N` — llama-cpp-python's high-level `Llama` without / with
 `LlamaPromptLookupDecoding(num_pred_tokens=N)`; `server` / `server:SPEC_TYPE` —
 llama.cpp's `llama-server` without / with `--spec-type SPEC_TYPE`, timed from the
@@ -149,7 +151,7 @@ def _numbers(name: str, parts: list[str], most: int) -> list[int]:
 
 def parse_method(name: str) -> MethodSpec:
     head, *params = name.strip().split(":")
-    if head == "none":
+    if head in ("none", "control"):
         _numbers(name, params, 0)
         return MethodSpec(name, "specdec", "none")
     if head == "ngram":
@@ -171,7 +173,7 @@ def parse_method(name: str) -> MethodSpec:
         if len(params) > 1:
             raise UsageError(f"method {name!r}: use server:SPEC_TYPE, e.g. server:ngram-simple")
         return MethodSpec(name, "server", params[0] if params else "none", spec_type=params[0] if params else None)
-    raise UsageError(f"unknown method {head!r} (choose from none, ngram, recycling, hybrid, auto, "
+    raise UsageError(f"unknown method {head!r} (choose from none, ngram, recycling, hybrid, auto, control, "
                      "lcp, lcp-pld:N, server, server:SPEC_TYPE)")
 
 
@@ -180,7 +182,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
     if not names:
         raise UsageError("--methods is empty")
     methods = [parse_method(n) for n in dict.fromkeys(names)]
-    if not any(m.family == "specdec" and m.is_baseline for m in methods):
+    if not any(m.name == "none" for m in methods):
         methods.insert(0, parse_method("none"))  # every ratio needs the plain baseline
     return methods
 

@@ -15,7 +15,8 @@ from .errors import UsageError
 
 Methods = Annotated[str, typer.Option(envvar="SPECDEC_METHODS",
                                       help="Comma-separated: none, ngram[:LEN], recycling[:TREE], hybrid[:TREE[:LEN]], "
-                                           "auto[:TREE[:LEN]], lcp, lcp-pld[:N], server[:SPEC_TYPE].")]
+                                           "auto[:TREE[:LEN]], control (plain decoding again: the noise floor), lcp, "
+                                           "lcp-pld[:N], server[:SPEC_TYPE].")]
 Prompts = Annotated[Optional[Path], typer.Option(help="JSONL prompts {question_id, category, turns} "
                                                       "(default: the built-in Spec-Bench public set).")]
 Categories = Annotated[Optional[str], typer.Option(help="Comma-separated categories to run (default: all).")]

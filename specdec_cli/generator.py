@@ -359,8 +359,8 @@ class Generator:
         it, keep the cells of the accepted path and drop the rest."""
         t0 = time.perf_counter()
         draft_mode = "hybrid" if mode == "auto" else mode
-        tree = self.drafter.draft(root, draft_mode, tree_size, draft_len) if draft_mode != "none" else \
-            single_node_tree(root)
+        plain = draft_mode == "none" or (tree_size == 1 and draft_len == 0)
+        tree = single_node_tree(root) if plain else self.drafter.draft(root, draft_mode, tree_size, draft_len)
         root_past = n_past + len(deferred)
         pos, seq_ids, n_seq_id, leaf_seq = nat.layout_tree(tree.parents, root_past, self.config.n_seq_max)
         # The root is always accepted: give it every shared sequence so that plain steps

@@ -449,21 +449,30 @@ class SpeculationPolicy:
             self._shadows.append(_Shadow(chain_tokens, bucket))
         gains = self.ngram[bucket].expected_accepted(len(chain_tokens)) if bucket else [0.0]
         first_hit = self.ngram[bucket].rate(0) if bucket else 0.0
-        # Plain floats in the loop: this runs every step, next to a ~13 ms decode.
-        cost = self._step_cost
-        plain_rate = 1.0 / cost(n_deferred + 1)
-        best_rate, best = SPECULATION_MARGIN * plain_rate, (1, 0, 1.0)
+        # Plain floats in the loop: this runs every step, next to a ~13 ms decode, and on
+        # most steps of most prompts it ends at plain decoding.
+        costs = self._costs_up_to(n_deferred + max(self.tree_sizes, default=1) + len(gains))
+        overhead = self._draft_overhead
+        best_rate, best = SPECULATION_MARGIN / costs[n_deferred + 1], (1, 0, 1.0)
         for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:
-            for d in range(0 if t > 1 else 1, len(gains)):
+            first_d = 0 if t > 1 else 1
+            if first_d >= len(gains):
+                continue
+            # No chain length with this tree expects more than the longest chain plus the
+            # whole tree, nor costs less than the cheapest of their row counts: when even
+            # that bound loses, skip the tree.
+            cheapest = min(costs[n_deferred + t + first_d:n_deferred + t + len(gains)])
+            if (1.0 + gains[-1] + tree_gain) / (cheapest + overhead) <= best_rate:
+                continue
+            for d in range(first_d, len(gains)):
                 # A tree's alternatives only matter when the chain's first token is rejected.
                 expected = 1.0 + gains[d] + ((1.0 - first_hit) if d else 1.0) * tree_gain
-                rate = expected / (cost(n_deferred + t + d) + self._draft_overhead)
+                rate = expected / (costs[n_deferred + t + d] + overhead)
                 if rate > best_rate:
                     best_rate, best = rate, (t, d, expected)
         t, d, expected = best
-        overhead = self._draft_overhead if t + d > 1 else 0.0
         choice = Choice(tree_size=t, draft_len=d, expected_tokens=expected,
-                        cost_ms=cost(n_deferred + t + d) + overhead)
+                        cost_ms=costs[n_deferred + t + d] + (overhead if t + d > 1 else 0.0))
         self._pending = (choice, chain_tokens[:d])
         return choice
 
@@ -491,10 +500,11 @@ class SpeculationPolicy:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _step_cost(self, rows: int) -> float:
+    def _costs_up_to(self, rows: int) -> list[float]:
+        """Step cost by row count, at least up to `rows`."""
         while rows >= len(self._costs):
             self._costs.append(self.curve.step_ms(len(self._costs), self.verify_batch))
-        return self._costs[rows]
+        return self._costs
 
     def _match_bucket(self, match_n: int) -> int:
         return min(max(int(match_n), 1), max(NGRAM_PRIOR_ACCEPT))

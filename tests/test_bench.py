@@ -60,6 +60,8 @@ def test_method_specs() -> None:
     assert bench.parse_method("lcp-pld:2").num_pred_tokens == 2
     assert bench.parse_method("server:ngram-simple").spec_type == "ngram-simple"
     assert [m.name for m in bench.parse_methods("ngram")] == ["none", "ngram"]  # baseline added
+    assert [m.name for m in bench.parse_methods("control,auto")] == ["none", "control", "auto"]
+    assert bench.parse_method("control").mode == "none"
     for bad in ("turbo", "ngram:0", "ngram:x", "hybrid:1:2:3"):
         with pytest.raises(UsageError):
             bench.parse_method(bad)
@@ -120,7 +122,7 @@ def test_bench_cli_small_real_run(run_specdec, smollm2_gguf: Path, tmp_path: Pat
                     "turns": ["Repeat this list: red, green, blue, red, green, blue, red, green."]}),
         json.dumps({"question_id": 2, "category": "qa", "turns": ["Name three primary colors."]}),
     ])
-    result = run_specdec("bench", "-m", str(smollm2_gguf), "--prompts", str(prompts), "--methods", "none,ngram",
+    result = run_specdec("bench", "-m", str(smollm2_gguf), "--prompts", str(prompts), "--methods", "none,ngram,control",
                          "--max-tokens", "16", "--no-peers", "--format", "json", "--out", "r.json",
                          "--no-progress", timeout=300)
     assert result.returncode == 0, result.stderr
@@ -128,8 +130,11 @@ def test_bench_cli_small_real_run(run_specdec, smollm2_gguf: Path, tmp_path: Pat
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["lossless"] is True and doc["header"]["model_sha256"]
     cells = {(r["method"], r["category"]) for r in doc["results"]}
-    assert cells == {(m, c) for m in ("none", "ngram") for c in ("summarization", "qa", "overall")}
+    assert cells == {(m, c) for m in ("none", "ngram", "control") for c in ("summarization", "qa", "overall")}
     assert all(r["tokens_per_s"] > 0 for r in doc["results"])
+    control = {r["category"]: r for r in doc["results"] if r["method"] == "control"}
+    assert control["overall"]["exact"] == "yes" and control["overall"]["speedup"] > 0
+    assert control["overall"]["mean_tokens_per_step"] == pytest.approx(1.0, abs=0.1)
 
     bad = run_specdec("bench", "-m", str(smollm2_gguf), "--prompts", str(_write(tmp_path / "bad.jsonl", ["{"])))
     assert bad.returncode == 2 and "line 1" in bad.stderr

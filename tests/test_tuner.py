@@ -99,6 +99,52 @@ def test_policy_stops_speculating_when_this_generation_keeps_missing() -> None:
     assert not policy.choose(CHAIN, 4).plain
 
 
+def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int) -> tuple[int, int]:
+    """Every (tree, chain length) option scored without pruning: the reference for choose()."""
+    chain = chain[:policy.max_chain]
+    stats = policy.ngram[(policy._match_bucket(match_n), min(policy._streak, tuner.MAX_STREAK))] if len(chain) else None
+    gains = stats.expected_accepted(len(chain)) if stats else [0.0]
+    first_hit = stats.rate(0) if stats else 0.0
+
+    def cost(rows: int) -> float:
+        return policy.curve.step_ms(rows, policy.verify_batch)
+
+    best_rate, best = tuner.SPECULATION_MARGIN / cost(n_deferred + 1), (1, 0)
+    for t, tree_gain in [(1, 0.0)] + [(t, policy.trees[t].mean()) for t in policy.tree_sizes]:
+        for d in range(0 if t > 1 else 1, len(gains)):
+            expected = 1.0 + gains[d] + ((1.0 - first_hit) if d else 1.0) * tree_gain
+            rate = expected / (cost(n_deferred + t + d) + policy._draft_overhead)
+            if rate > best_rate:
+                best_rate, best = rate, (t, d)
+    return best
+
+
+def test_policy_pruned_search_picks_what_the_exhaustive_one_does() -> None:
+    """choose() skips trees whose best case already loses; on random (also non-monotone)
+    curves and acceptance histories it must still pick the option a full search picks."""
+    rng = np.random.default_rng(7)
+    picked = set()
+    for trial in range(60):
+        sizes = [1, 2, 4, 8, 16, 32, 64]
+        ratios = np.concatenate([[1.0], np.sort(rng.uniform(1.0, 1.0 + 0.9 * np.array(sizes[1:]) * rng.uniform(0.05, 1.2)))])
+        ratios = ratios * rng.uniform(0.9, 1.1, size=len(ratios))  # measurement noise
+        policy = SpeculationPolicy(CostCurve(sizes=sizes, ms=list(10.0 * ratios)), verify_batch=int(rng.choice([8, 64])),
+                                   max_tree=int(rng.choice([1, 16, 64])), max_chain=int(rng.integers(0, 17)))
+        teach_ngram(policy, int(rng.integers(1, 5)), accept=float(rng.uniform(0.2, 0.99)), steps=50)
+        for t in policy.tree_sizes:
+            policy.trees[t].add(float(rng.uniform(0, 4)))
+        for _ in range(5):
+            match_n = int(rng.integers(0, 5))
+            chain = CHAIN[:int(rng.integers(1, 17))] if match_n else NO_MATCH
+            n_deferred = int(rng.choice([0, 0, 1, 3]))
+            expected = exhaustive_choice(policy, chain, match_n, n_deferred)
+            choice = policy.choose(chain, match_n, n_deferred=n_deferred)
+            assert (choice.tree_size, choice.draft_len) == expected
+            picked.add(expected)
+            policy.observe([int(chain[0]) if len(chain) else 1, 2])
+    assert (1, 0) in picked and len(picked) >= 5  # the trials reach plain and speculative choices
+
+
 def test_policy_respects_limits() -> None:
     policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=8, max_chain=4)
     choice = policy.choose(CHAIN, 4)
