@@ -76,6 +76,7 @@ def _show(as_json: bool) -> None:
 def _profile_doc(profile: Profile) -> dict:
     doc = profile.to_json()
     doc["curve"]["ratios"] = {str(k): v for k, v in profile.curve.ratios().items()}
+    doc["curve"]["policy_ratios"] = {str(k): v for k, v in profile.curve.without_dips().ratios().items()}
     return doc
 
 
@@ -85,7 +86,9 @@ def _curve_table(profile: Profile) -> Table:
     table.add_column("c(k) ms", justify="right")
     table.add_column("c(k)/c(1)", justify="right")
     table.add_column("ms/token", justify="right")
+    table.add_column("policy uses", justify="right")  # c(k)/c(1) with timing dips lifted
     ratios = profile.curve.ratios()
+    used = profile.curve.without_dips().ratios()
     for k, ms in zip(profile.curve.sizes, profile.curve.ms):
-        table.add_row(str(k), f"{ms:.2f}", f"{ratios[k]:.2f}", f"{ms / k:.2f}")
+        table.add_row(str(k), f"{ms:.2f}", f"{ratios[k]:.2f}", f"{ms / k:.2f}", f"{used[k]:.2f}")
     return table

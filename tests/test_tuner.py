@@ -158,6 +158,40 @@ def test_cost_curve_splits_into_verify_batches() -> None:
     assert curve.at(16) == pytest.approx(16.0)  # linear extrapolation
 
 
+def cpu_curve_with_dip() -> tuple[CostCurve, CostCurve]:
+    """A 2-core-CPU-like curve (each row +0.6 c(1) after the 2-row graph rebuild), and the
+    same curve with c(4) timed 21% low, as a busy machine does now and then."""
+    sizes = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16]
+    true = [10.0] + [4.0 + 6.0 * k for k in sizes[1:]]
+    dipped = list(true)
+    dipped[sizes.index(4)] = 22.0
+    return CostCurve(sizes=sizes, ms=true), CostCurve(sizes=sizes, ms=dipped)
+
+
+def test_without_dips_lifts_a_low_reading_and_keeps_the_rest() -> None:
+    true, dipped = cpu_curve_with_dip()
+    assert true.without_dips() == true  # a straight curve is left alone
+    lifted = dipped.without_dips()
+    assert lifted.at(4) == pytest.approx(true.at(4), rel=0.05)
+    assert all(a >= b for a, b in zip(lifted.ms, dipped.ms))  # nothing is lowered
+    assert lifted.ms == sorted(lifted.ms)
+    gpu = CostCurve(sizes=[1, 2, 4, 8, 16, 32, 64], ms=[10.0, 10.6, 10.7, 10.9, 11.5, 14.0, 21.0])
+    assert gpu.without_dips().at(8) < 1.1 * gpu.at(8)  # a flat curve stays flat
+
+
+def test_policy_does_not_bet_on_a_dip_once_it_is_lifted() -> None:
+    """Matches right 80% of the time per token: 3 drafted tokens are worth it only if
+    4 rows cost what the dip says; on the true curve and on the lifted one, plain wins."""
+    true, dipped = cpu_curve_with_dip()
+    choices = {}
+    for name, curve in (("true", true), ("dipped", dipped), ("lifted", dipped.without_dips())):
+        policy = SpeculationPolicy(curve, verify_batch=32, max_tree=16, max_chain=8)
+        teach_ngram(policy, 4, accept=0.8)
+        choices[name] = policy.choose(CHAIN, 4)
+    assert (choices["dipped"].tree_size, choices["dipped"].draft_len) == (1, 3)
+    assert choices["true"].plain and choices["lifted"].plain
+
+
 def _profile() -> Profile:
     return Profile(device_key="abc", device="cpu threads=2 kv=f16/q8_0", model_sha256="0" * 64,
                    model_path="/m.gguf", n_threads=2, kv_cache="f16/q8_0", verify_batch=32, quick=True,
@@ -205,7 +239,8 @@ def test_corrupt_profile_rebuilt(smollm2_generator, monkeypatch: pytest.MonkeyPa
     profile = tune.measure(quick=True)
     assert tune.load() == profile
     assert profile.curve.sizes == [1, 2, 4] and all(ms > 0 for ms in profile.curve.ms)
-    assert tuner.policy_for(smollm2_generator, max_tree=16, max_chain=8).measured
+    used = tuner.policy_for(smollm2_generator, max_tree=16, max_chain=8)
+    assert used.measured and used.curve == profile.curve.without_dips()
 
 
 def test_auto_output_equals_plain(smollm2_generator) -> None:
@@ -228,6 +263,8 @@ def test_tune_quick_json_cli(run_specdec) -> None:
     assert doc["quick"] is True and doc["curve"]["sizes"][0] == 1
     assert len(doc["curve"]["ms"]) == len(doc["curve"]["sizes"]) and min(doc["curve"]["ms"]) > 0
     assert doc["n_threads"] >= 1 and len(doc["model_sha256"]) == 64
+    measured, used = doc["curve"]["ratios"], doc["curve"]["policy_ratios"]
+    assert used.keys() == measured.keys() and all(used[k] >= measured[k] for k in measured)
     shown = run_specdec("tune", "--show", "--json")
     assert shown.returncode == 0, shown.stderr
     assert any(p["model_sha256"] == doc["model_sha256"] for p in json.loads(shown.stdout))
