@@ -6,7 +6,8 @@ k tokens with logits (split into calls of at most the model's exact verification
 as the Generator does) plus the top-k read-out of those rows. On a 2-core CPU it grows
 almost linearly in k (DESIGN.md section 2); on a GPU it is nearly flat. Profiles are
 measured by `specdec tune` and stored per (device fingerprint + threads + KV types, model
-file hash) under the cache dir.
+file hash) under the cache dir; the policy reads them with timing dips lifted
+(CostCurve.without_dips), since an argmax over a noisy curve finds exactly its dips.
 
 Policy. Before each step the n-gram drafter's lookup gives a continuation and the length n
 of the context suffix that matched. The policy keeps acceptance statistics per drafter, per
