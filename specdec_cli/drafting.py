@@ -77,6 +77,8 @@ class Drafter:
 
     def draft(self, root: int, mode: str, tree_size: int, draft_len: int) -> DraftTree:
         """A draft tree of at most `tree_size` recycling nodes plus `draft_len` chain nodes."""
+        if mode == "none" or (tree_size <= 1 and draft_len <= 0):
+            return single_node_tree(root)  # plain decoding: no lookup (most `auto` steps)
         chain, match = self.lookup(draft_len) if mode in ("ngram", "hybrid") else (self._empty, 0)
         if mode in ("recycling", "hybrid") and tree_size > 1:
             parents, ranks = self.template(tree_size)

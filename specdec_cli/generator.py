@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import _native as nat
-from .drafting import DRAFT_MODES, MATRIX_K, DraftSettings, Drafter, DraftTree, single_node_tree
+from .drafting import DRAFT_MODES, MATRIX_K, DraftSettings, Drafter, DraftTree
 from .errors import SpecdecError, UsageError
 from .exactness import ExactnessRule, exactness_rule
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch
@@ -359,8 +359,7 @@ class Generator:
         it, keep the cells of the accepted path and drop the rest."""
         t0 = time.perf_counter()
         draft_mode = "hybrid" if mode == "auto" else mode
-        plain = draft_mode == "none" or (tree_size == 1 and draft_len == 0)
-        tree = single_node_tree(root) if plain else self.drafter.draft(root, draft_mode, tree_size, draft_len)
+        tree = self.drafter.draft(root, draft_mode, tree_size, draft_len)
         root_past = n_past + len(deferred)
         pos, seq_ids, n_seq_id, leaf_seq = nat.layout_tree(tree.parents, root_past, self.config.n_seq_max)
         # The root is always accepted: give it every shared sequence so that plain steps
