@@ -76,7 +76,7 @@ def main() -> None:
                 res = gen.generate(prompt, max_tokens=args.max_tokens,
                                    draft=DraftSettings(mode=mode, tree_size=tree, draft_len=chain))
                 s = res.stats
-                runs.append(Run(category, row["question_id"], config_name(mode, tree, chain), s.mean_accepted,
+                runs.append(Run(category, row["question_id"], config_name(mode, tree, chain), s.tokens_per_step,
                                 s.tokens_per_s, s.tokens_per_s / plain.stats.tokens_per_s,
                                 1000 * (s.draft_ms + s.verify_ms) / s.steps,
                                 (s.draft_ms + s.decode_ms + s.verify_ms) / s.steps, res.tokens == plain.tokens))

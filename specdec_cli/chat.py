@@ -25,7 +25,7 @@ from .generator import GenerationStats, Generator, SamplingParams
 class Turn:
     user: str
     assistant: str
-    finish_reason: str  # "stop" | "length" | "interrupted"
+    finish_reason: str  # "stop" | "length" | "context" | "interrupted" (GenerationResult)
     stats: GenerationStats | None = None
 
 
@@ -182,7 +182,7 @@ class ChatSession:
 def stats_line(stats: GenerationStats) -> str:
     """The one line shown after each reply."""
     spec = 100.0 * stats.speculative_steps / stats.steps if stats.steps else 0.0
-    return (f"{stats.n_generated} tokens, {stats.tokens_per_s:.1f} tok/s, {stats.mean_accepted:.2f} tokens/step, "
+    return (f"{stats.n_generated} tokens, {stats.tokens_per_s:.1f} tok/s, {stats.tokens_per_step:.2f} tokens/step, "
             f"{spec:.0f}% steps speculating, {stats.n_prompt_prefilled} prompt tokens prefilled "
             f"in {stats.prefill_s:.2f}s")
 

@@ -7,18 +7,35 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
+from . import __version__
 from . import cli_options as opt
+from .console import stderr_console, stdout_console
 from .errors import SpecdecError, UsageError
 
 app = typer.Typer(
     help="Faster local LLM generation with lossless, model-free speculative decoding.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"specdec {__version__} (llama-cpp-python {version('llama-cpp-python')})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 
 def _mount_subcommands() -> None:
@@ -33,11 +50,6 @@ def _mount_subcommands() -> None:
     app.command()(tune)
 
 
-def stderr_console() -> Console:
-    # Rich already honours NO_COLOR and only colours a terminal.
-    return Console(stderr=True, highlight=False)
-
-
 def read_prompt(prompt: Optional[str]) -> str:
     """PROMPT argument, piped stdin, or both: then stdin is the context and PROMPT the
     instruction (`cat notes.txt | specdec run "summarize"`)."""
@@ -48,8 +60,8 @@ def read_prompt(prompt: Optional[str]) -> str:
                 piped = sys.stdin.buffer.read().decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise UsageError(f"standard input is not valid UTF-8 (byte {exc.start})") from None
-    if prompt == "-":
-        prompt = None
+    if prompt == "-" or (prompt is not None and not prompt.strip() and piped.strip()):
+        prompt = None  # `echo text | specdec run ""`: the piped text is the whole prompt
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty")
     if prompt is None:
@@ -61,13 +73,15 @@ def read_prompt(prompt: Optional[str]) -> str:
 
 @app.command()
 def run(
-    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' or omitted: read stdin.")] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' or omitted: read stdin.",
+                                                    callback=opt.utf8_text)] = None,
     model: opt.Model = None,
     max_tokens: opt.MaxTokens = 256,
     temp: opt.Temp = 0.0,
     top_k: opt.TopK = 40,
     top_p: opt.TopP = 0.95,
     seed: opt.Seed = None,
+    exact: opt.Exact = None,
     system: opt.System = None,
     draft: opt.Draft = None,
     tree_size: opt.TreeSize = None,
@@ -79,23 +93,23 @@ def run(
     threads: opt.Threads = None,
     prefill: opt.Prefill = "auto",
     ep: opt.Ep = None,
-    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
+    raw: opt.Raw = False,
+    stop: opt.Stop = None,
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     verbose: opt.Verbose = False,
     no_progress: opt.NoProgress = False,
 ) -> None:
     """Generate a completion; only the generated text goes to stdout."""
+    from .cli_progress import assembly_progress
     from .session import RunOptions, open_session
 
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
     text = read_prompt(prompt)
     options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
                          verbose=verbose, draft=draft, tree_size=tree_size, draft_len=draft_len,
-                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep)
-    session = open_session(options, progress=not no_progress)
+                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep,
+                         exact=exact)
+    session = open_session(options, progress=assembly_progress(not no_progress))
     tokens = session.prompt_tokens(text, system=system, raw=raw)
 
     def write(piece: str) -> None:
@@ -118,7 +132,10 @@ def run(
         stderr_console().print(
             f"[dim]{s.n_prompt} prompt tokens in {s.prefill_s:.2f}s, {s.n_generated} generated in "
             f"{s.decode_s:.2f}s ({s.tokens_per_s:.1f} tok/s), {s.steps} steps, "
-            f"{s.mean_accepted:.2f} tokens/step, draft={s.draft}, kv={s.kv_cache}[/dim]")
+            f"{s.tokens_per_step:.2f} tokens/step, draft={s.draft}, kv={s.kv_cache}[/dim]")
+    if result.finish_reason == "context":
+        stderr_console().print(f"warning: the context is full ({session.generator.ctx.n_ctx} tokens): generation "
+                               f"stopped early; use a larger --ctx")
     if result.finish_reason == "interrupted":
         raise typer.Exit(130)
 
@@ -132,7 +149,7 @@ def devices(as_json: opt.Json = False) -> None:
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
         return
-    out = Console(highlight=False)
+    out = stdout_console()
     gib = 1024 ** 3
     out.print(f"[bold]CPU[/bold]        {report.cpu_model} ({report.arch}), "
               f"{report.physical_cores} cores / {report.logical_cores} threads")
@@ -156,7 +173,7 @@ def main() -> None:
         # Not standalone: click would turn Ctrl-C into "Aborted!" and exit 1; CLI.md wants 130.
         code = app(standalone_mode=False)
     except SpecdecError as exc:
-        stderr_console().print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        stderr_console().print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(exc.exit_code)
     except typer.exceptions.TyperException as exc:  # bad flag values: click's usage errors
         exc.show()

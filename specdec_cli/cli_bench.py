@@ -1,5 +1,5 @@
-"""`specdec bench`: speed of every drafting method and of the peers, side by side, on
-Spec-Bench-style prompts (protocol in bench.py)."""
+"""`specdec bench`: speed of every drafting method and of llama.cpp's own server, side by
+side on one machine (protocol in bench/runner.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from .errors import UsageError
 
 Methods = Annotated[str, typer.Option(envvar="SPECDEC_METHODS",
                                       help="Comma-separated: none, ngram[:LEN], recycling[:TREE], hybrid[:TREE[:LEN]], "
-                                           "auto[:TREE[:LEN]], control (plain decoding again: the noise floor), lcp, "
-                                           "lcp-pld[:N], server[:SPEC_TYPE].")]
-Prompts = Annotated[Optional[Path], typer.Option(help="JSONL prompts {question_id, category, turns} "
-                                                      "(default: the built-in Spec-Bench public set).")]
+                                           "auto[:TREE[:LEN]], control (plain decoding again: the noise floor), "
+                                           "server[:SPEC_TYPE] (llama-server), lcp, lcp-pld[:N] (llama-cpp-python).")]
+Prompts = Annotated[Optional[str], typer.Option(help="Prompt set: spec-bench | edits, or a JSONL file of "
+                                                     "{question_id, category, turns}.")]
 Categories = Annotated[Optional[str], typer.Option(help="Comma-separated categories to run (default: all).")]
 Limit = Annotated[Optional[int], typer.Option(min=1, help="At most N prompts per category.")]
 Repeat = Annotated[int, typer.Option(min=1, help="Runs per prompt and method (median taken).")]
@@ -26,9 +26,10 @@ Format = Annotated[str, typer.Option("--format", help="table | json | csv | md."
 Out = Annotated[Optional[Path], typer.Option("--out", help="Write the report to FILE instead of stdout.")]
 Plot = Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart of speedups (needs matplotlib).")]
 Peers = Annotated[bool, typer.Option("--peers/--no-peers",
-                                     help="Also run llama-cpp-python's prompt lookup (and llama-server when found).")]
+                                     help="Also run llama-server without and with its n-gram modes, when found.")]
 LlamaServer = Annotated[Optional[str], typer.Option("--llama-server", envvar="SPECDEC_LLAMA_SERVER",
-                                                    help="Path to llama.cpp's llama-server (default: PATH lookup).")]
+                                                    help="Path to llama.cpp's llama-server (default: PATH lookup; "
+                                                         "bench/build_llama_server.sh builds it).")]
 
 
 def bench(
@@ -44,36 +45,47 @@ def bench(
     plot: Plot = None,
     peers: Peers = True,
     llama_server: LlamaServer = None,
+    temp: opt.Temp = 0.0,
+    top_k: opt.TopK = 40,
+    top_p: opt.TopP = 0.95,
+    seed: opt.Seed = None,
+    exact: opt.Exact = None,
     threads: opt.Threads = None,
     kv_cache: opt.KvCache = None,
     ctx: opt.Ctx = 4096,
     verbose: opt.Verbose = False,
     no_progress: opt.NoProgress = False,
 ) -> None:
-    """Benchmark drafting methods (and peers) on this machine: tokens/s, speedup, exactness."""
-    from . import bench as lib
+    """Benchmark drafting methods (and llama-server) on this machine: tok/s, end-to-end time, equal outputs."""
+    from .bench.methods import find_llama_server, parse_methods, peer_methods
+    from .bench.plot import plot_speedups, write_atomic
+    from .bench.prompts import load_prompts, prompts_path, select_prompts
+    from .bench.report import FORMATS, lossless_warning, render, render_table
+    from .bench.runner import BenchPlan, run_bench, total_runs
+    from .cli_progress import assembly_progress
     from .session import RunOptions, open_session
 
-    if fmt not in lib.FORMATS:
-        raise UsageError(f"--format {fmt!r} is not one of {', '.join(lib.FORMATS)}")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if max_tokens <= 0:
         raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    specs = lib.parse_methods(methods)
-    prompts_file = prompts or lib.default_prompts_path()
-    chosen = lib.select_prompts(lib.load_prompts(prompts_file),
-                                [c.strip() for c in categories.split(",") if c.strip()] if categories else None,
-                                limit)
-    server = lib.find_llama_server(llama_server) if (peers or llama_server) else None
+    specs = parse_methods(methods)
+    chosen = select_prompts(load_prompts(prompts_path(prompts)),
+                            [c.strip() for c in categories.split(",") if c.strip()] if categories else None,
+                            limit)
+    server = find_llama_server(llama_server) if (peers or llama_server) else None
     if any(s.family == "server" for s in specs) and server is None:
         raise UsageError("server methods need llama-server: not on PATH; pass --llama-server PATH "
-                         "(bench/README.md says how to build it)")
+                         "(bench/build_llama_server.sh builds it)")
     if peers:
-        specs += [p for p in lib.peer_methods(server) if p.name not in {s.name for s in specs}]
-    plan = lib.BenchPlan(prompts=chosen, methods=specs, max_tokens=max_tokens, repeat=repeat)
+        specs += [p for p in peer_methods(server) if p.name not in {s.name for s in specs}]
+    plan = BenchPlan(prompts=chosen, methods=specs, max_tokens=max_tokens, repeat=repeat,
+                     prompts_name=prompts or "spec-bench")
 
     err = Console(stderr=True, highlight=False)
-    session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose),
-                           progress=not no_progress)
+    session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
+                                      temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact),
+                           progress=assembly_progress(not no_progress))
     show_progress = not no_progress and sys.stderr.isatty()
     try:
         if show_progress:
@@ -81,23 +93,23 @@ def bench(
 
             with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           TextColumn("{task.description}"), console=err, transient=True) as bar:
-                task = bar.add_task("warm-up", total=lib.total_runs(plan))
-                report = lib.run_bench(session, plan, prompts_file, server=server,
-                                       advance=lambda text: bar.update(task, advance=1, description=text))
+                task = bar.add_task("warm-up", total=total_runs(plan))
+                report = run_bench(session, plan, server=server,
+                                   advance=lambda text: bar.update(task, advance=1, description=text))
         else:
-            report = lib.run_bench(session, plan, prompts_file, server=server)
+            report = run_bench(session, plan, server=server)
     finally:
         session.close()
 
     if out is not None:
-        lib.write_atomic(out, lib.render(report, fmt).encode())
+        write_atomic(out, render(report, fmt).encode())
     elif fmt == "table":
-        lib.render_table(report, Console(highlight=False))
+        render_table(report, Console(highlight=False, soft_wrap=not sys.stdout.isatty()))
     else:
-        sys.stdout.write(lib.render(report, fmt))
+        sys.stdout.write(render(report, fmt))
         sys.stdout.flush()
     if plot is not None:
-        lib.plot_speedups(report, plot)
-    warning = lib.mismatch_warning(report)
+        plot_speedups(report, plot)
+    warning = lossless_warning(report)
     if warning:
         err.print(f"[bold red]warning:[/bold red] {warning}", soft_wrap=True)

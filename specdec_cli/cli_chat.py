@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import cli_options as opt
-from .errors import SpecdecError, UsageError
+from .console import stderr_console
+from .errors import SpecdecError
 
 HELP = """\
 /help          this list
@@ -72,6 +73,8 @@ def chat(
     tree_size: opt.TreeSize = None,
     draft_len: opt.DraftLen = None,
     kv_cache: opt.KvCache = None,
+    kv_k: opt.KvK = None,
+    kv_v: opt.KvV = None,
     ctx: opt.Ctx = 4096,
     threads: opt.Threads = None,
     temp: opt.Temp = 0.0,
@@ -84,16 +87,16 @@ def chat(
 ) -> None:
     """Chat with a model in the terminal; with stdin piped, one message per line."""
     from .chat import ChatSession
+    from .cli_progress import assembly_progress
     from .session import RunOptions, open_session
 
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
     interactive = sys.stdin.isatty()
-    screen = _Screen(interactive=interactive, quiet=quiet, err=Console(stderr=True, highlight=False))
-    options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
+    screen = _Screen(interactive=interactive, quiet=quiet, err=stderr_console())
+    options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
+                         verbose=verbose,
                          draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed)
-    session = open_session(options, progress=interactive)
+    session = open_session(options, progress=assembly_progress(interactive))
     try:
         chat_session = ChatSession(session.generator, sampling=session.sampling, draft=session.draft,
                                    max_tokens=max_tokens, system=system)
@@ -119,6 +122,9 @@ def _interactive_loop(chat_session, alias: str, screen: _Screen) -> None:
                 return
             except _Cancelled:
                 sys.stdout.write("\n")
+                continue
+            except UnicodeDecodeError:
+                screen.notice("error: the message is not valid UTF-8")
                 continue
             if message is None or not message.strip():
                 continue
@@ -176,8 +182,10 @@ def _reply(message: str, chat_session, screen: _Screen) -> bool:
     sys.stdout.flush()
     if turn.finish_reason == "interrupted":
         screen.notice("[interrupted; the partial reply is kept]")
+    elif turn.finish_reason == "context":
+        screen.notice("[the context is full: reply cut; the oldest turns make room for the next message]")
     elif turn.finish_reason == "length" and screen.interactive:
-        screen.notice("[reply cut at --max-tokens or at the end of the context]")
+        screen.notice("[reply cut at --max-tokens]")
     if screen.interactive and not screen.quiet and turn.stats is not None:
         from .chat import stats_line
 
@@ -222,7 +230,7 @@ def _command(message: str, chat_session, alias: str, screen: _Screen) -> None:
             return
         screen.info(f"saved {len(chat_session.conversation.turns)} turn(s) to {path} ({kind})")
     else:
-        screen.notice(f"unknown command {name}; /help lists them")
+        screen.notice(f"error: unknown command {name}; /help lists them")
 
 
 def _show_stats(chat_session, alias: str, screen: _Screen) -> None:
@@ -234,13 +242,14 @@ def _show_stats(chat_session, alias: str, screen: _Screen) -> None:
         tps = totals.generated / totals.decode_s if totals.decode_s > 0 else 0.0
         per_step = totals.generated / totals.steps if totals.steps else 0.0
         spec = 100.0 * totals.speculative_steps / totals.steps if totals.steps else 0.0
-        lines.append(f"all replies: {totals.replies} replies, {totals.generated} tokens, {tps:.1f} tok/s, "
+        replies = f"{totals.replies} repl{'y' if totals.replies == 1 else 'ies'}"
+        lines.append(f"all replies: {replies}, {totals.generated} tokens, {tps:.1f} tok/s, "
                      f"{per_step:.2f} tokens/step, {spec:.0f}% steps speculating, "
                      f"{totals.prefilled} prompt tokens prefilled")
     last = chat_session.conversation.turns[-1].stats if chat_session.conversation.turns else None
     if last is not None:
         lines.append(f"last reply: {last.n_generated} tokens in {last.decode_s:.2f}s ({last.tokens_per_s:.1f} tok/s), "
-                     f"{last.steps} steps, {last.mean_accepted:.2f} tokens/step, "
+                     f"{last.steps} steps, {last.tokens_per_step:.2f} tokens/step, "
                      f"time to first token {last.ttft_s:.3f}s, prompt {last.n_prompt} tokens "
                      f"({last.n_prompt_prefilled} prefilled), kv {last.kv_cache}")
     else:

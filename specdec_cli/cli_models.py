@@ -12,9 +12,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .console import stderr_console, stdout_console
 from .errors import SpecdecError, UsageError
 from .gguf_file import GgufInfo, check_gguf
-from .registry import ModelEntry, Registry, format_size, is_local, local_model_file, present_file, user_models_file
+from .registry import (ModelEntry, Registry, format_size, is_local, local_model_file, present_file, split_model_file,
+                       user_models_file)
 
 models_app = typer.Typer(
     help=(
@@ -29,12 +31,11 @@ ModelName = Annotated[str, typer.Argument(help="Model alias from the registry.",
 
 
 def _stdout() -> Console:
-    # Rich colours only a terminal and honours NO_COLOR; soft_wrap keeps long lines whole.
-    return Console(highlight=False, soft_wrap=True)
+    return stdout_console()
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return stderr_console()
 
 
 @models_app.command("list")
@@ -64,6 +65,8 @@ def list_models(as_json: JsonFlag = False) -> None:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
         line = escape(" ".join(cells).rstrip())
         console.print(f"[bold]{line}[/bold]" if index == 0 else line)
+    user_file = user_models_file()
+    console.print(escape(f"\nyour own entries: {user_file}{'' if user_file.is_file() else ' (no such file yet)'}"))
 
 
 @models_app.command()
@@ -134,10 +137,12 @@ def pull_model(
     registry = Registry.load()
     entry = registry.get(name)
     messages = _stderr()
-    if entry.source == "hf" and not is_local(entry):
+
+    def downloading() -> None:  # once the Hub has answered: not before an offline error
         size = f" ({format_size(entry.size_bytes)})" if entry.size_bytes else ""
-        messages.print(f"downloading {entry.alias}{size} from {entry.repo}")
-    path = pull(entry, progress=not no_progress)
+        messages.print(escape(f"downloading {entry.alias}{size} from {entry.repo}"))
+
+    path = pull(entry, progress=not no_progress, on_download=downloading)
     info = check_gguf(path)
     messages.print(
         f"{entry.alias}: {info.architecture or 'unknown architecture'}, {info.n_params / 1e6:,.0f}M parameters, "
@@ -177,7 +182,11 @@ def remove_model(
         if not typer.confirm(question, err=True):
             _stderr().print("nothing removed")
             raise typer.Exit(1)
-    freed = remove_cached_file(entry)
+    if entry.split is not None and path == split_model_file(entry):
+        freed = path.stat().st_size  # assembled from its packages: only this copy goes
+        path.unlink()
+    else:
+        freed = remove_cached_file(entry)
     _stderr().print(f"removed {entry.alias} ({format_size(freed)} freed)")
 
 

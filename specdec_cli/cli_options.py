@@ -3,6 +3,7 @@ an environment variable SPECDEC_<NAME>, as llama.cpp does with LLAMA_ARG_*."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -10,55 +11,100 @@ import typer
 from .drafting import DRAFT_MODES
 
 KV_CHOICES = ("f16", "q8_0", "q4_0")
+PREFILL_CHOICES = ("auto", "llama", "onnx")  # prefill.backend.PREFILL_MODES, without importing onnxruntime
+# llama.cpp reserves an output row per draft-tree branch (EngineConfig.n_seq_max) in a batch
+# of at most --ctx tokens; less aborts the process. The top is sanity, far above any model's.
+MIN_CTX = 64
+MAX_CTX = 1 << 24
+INT32_MAX = (1 << 31) - 1  # --top-k reaches native code as a C int
 
 
 def _env(name: str) -> str:
     return "SPECDEC_" + name.upper().replace("-", "_")
 
 
-def _check_draft(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in DRAFT_MODES:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(DRAFT_MODES)}")
+def utf8_text(value):
+    """Callback for text options and arguments. Python hands over bytes that are not UTF-8
+    as surrogates, which only fail deep inside (tokenizing, printing): refuse them here."""
+    for text in [value] if isinstance(value, str) else value or ():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise typer.BadParameter(f"{text!r} is not valid UTF-8 text") from None
     return value
 
 
-def _check_kv(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in KV_CHOICES:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(KV_CHOICES)}")
+def _choice(choices: tuple[str, ...]):
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _check_model(value: Optional[str]) -> Optional[str]:
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the model name is empty")
+    return utf8_text(value)
+
+
+def _check_threads(value: Optional[int]) -> Optional[int]:
+    cpus = os.cpu_count() or 1
+    if value is not None and value > cpus:
+        raise typer.BadParameter(f"{value} is more than the {cpus} logical CPUs of this machine")
     return value
 
 
-Model = Annotated[Optional[str], typer.Option("--model", "-m", envvar=_env("model"),
+Model = Annotated[Optional[str], typer.Option("--model", "-m", envvar=_env("model"), callback=_check_model,
+                                              show_default="the registry default",
                                               help="Model alias from the registry, or a path to a .gguf file.")]
-Draft = Annotated[Optional[str], typer.Option(envvar=_env("draft"), callback=_check_draft,
+Draft = Annotated[Optional[str], typer.Option(envvar=_env("draft"), callback=_choice(DRAFT_MODES),
+                                              show_default="auto",
                                               help="Drafting: none | ngram | recycling | hybrid | auto.")]
-TreeSize = Annotated[Optional[int], typer.Option(envvar=_env("tree-size"), min=1, max=256,
-                                                 help="Draft tree nodes (root included) for recycling/hybrid.")]
-DraftLen = Annotated[Optional[int], typer.Option(envvar=_env("draft-len"), min=0, max=64,
+TreeSize = Annotated[Optional[int], typer.Option(envvar=_env("tree-size"), min=1, max=256, show_default="16",
+                                                 help="Draft tree nodes (root included) for recycling/hybrid; "
+                                                      "the most auto may use.")]
+DraftLen = Annotated[Optional[int], typer.Option(envvar=_env("draft-len"), min=0, max=64, show_default="8",
                                                  help="Longest n-gram continuation drafted.")]
-KvCache = Annotated[Optional[str], typer.Option("--kv-cache", envvar=_env("kv-cache"), callback=_check_kv,
+_KV_DEFAULT = "f16; with --exact K f16, V q8_0"
+KvCache = Annotated[Optional[str], typer.Option("--kv-cache", envvar=_env("kv-cache"), callback=_choice(KV_CHOICES),
+                                                show_default=_KV_DEFAULT,
                                                 help="KV cache type for K and V: f16 | q8_0 | q4_0.")]
-KvK = Annotated[Optional[str], typer.Option("--kv-k", envvar=_env("kv-k"), callback=_check_kv,
+KvK = Annotated[Optional[str], typer.Option("--kv-k", envvar=_env("kv-k"), callback=_choice(KV_CHOICES),
+                                            show_default="--kv-cache",
                                             help="KV cache type for K only (overrides --kv-cache): f16 | q8_0 | q4_0.")]
-KvV = Annotated[Optional[str], typer.Option("--kv-v", envvar=_env("kv-v"), callback=_check_kv,
+KvV = Annotated[Optional[str], typer.Option("--kv-v", envvar=_env("kv-v"), callback=_choice(KV_CHOICES),
+                                            show_default="--kv-cache",
                                             help="KV cache type for V only (overrides --kv-cache): f16 | q8_0 | q4_0.")]
-Ctx = Annotated[int, typer.Option("--ctx", envvar=_env("ctx"), min=16, help="Context length in tokens.")]
-Threads = Annotated[Optional[int], typer.Option(envvar=_env("threads"), min=1,
-                                                help="CPU threads (default: physical cores).")]
-MaxTokens = Annotated[int, typer.Option(envvar=_env("max-tokens"), help="Most tokens to generate.")]
-Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), help="Sampling temperature; 0 = greedy.")]
-TopK = Annotated[int, typer.Option(envvar=_env("top-k"), help="Top-k filter when sampling (0 = off).")]
-TopP = Annotated[float, typer.Option(envvar=_env("top-p"), help="Nucleus filter when sampling (1 = off).")]
+Ctx = Annotated[int, typer.Option("--ctx", envvar=_env("ctx"), min=MIN_CTX, max=MAX_CTX,
+                                  help="Context length in tokens (at most the model's training context).")]
+Threads = Annotated[Optional[int], typer.Option(envvar=_env("threads"), min=1, callback=_check_threads,
+                                                show_default="physical cores", help="CPU threads.")]
+MaxTokens = Annotated[int, typer.Option(envvar=_env("max-tokens"), min=1, help="Most tokens to generate.")]
+Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), help="Sampling temperature, 0 to 10; 0 = greedy.")]
+TopK = Annotated[int, typer.Option(envvar=_env("top-k"), min=0, max=INT32_MAX,
+                                   help="Top-k filter when sampling (0 = off).")]
+TopP = Annotated[float, typer.Option(envvar=_env("top-p"), help="Nucleus filter when sampling, in (0, 1] (1 = off).")]
 Seed = Annotated[Optional[int], typer.Option(envvar=_env("seed"), help="Random seed for sampling.")]
-System = Annotated[Optional[str], typer.Option(envvar=_env("system"), help="System prompt.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of streamed text.")]
-Stats = Annotated[bool, typer.Option("--stats", help="Print one stats line on stderr.")]
+Exact = Annotated[Optional[bool], typer.Option("--exact/--no-exact", envvar=_env("exact"), show_default=False,
+                                               help="Exact engine mode: speculative output bit-identical to plain "
+                                                    "decoding, at the cost of slower kernels. Default: the fast mode "
+                                                    "(llama.cpp's fastest kernels; greedy output equal to plain "
+                                                    "decoding up to floating-point near-ties).")]
+System = Annotated[Optional[str], typer.Option(envvar=_env("system"), callback=utf8_text, help="System prompt.")]
+Json = Annotated[bool, typer.Option("--json", envvar=_env("json"), help="Print one JSON document instead of streamed text.")]
+Stats = Annotated[bool, typer.Option("--stats", envvar=_env("stats"), help="Print one stats line on stderr.")]
+Raw = Annotated[bool, typer.Option("--raw", envvar=_env("raw"), help="Send the prompt as is, without the chat template.")]
+Stop = Annotated[Optional[list[str]], typer.Option("--stop", envvar=_env("stop"), callback=utf8_text,
+                                                   help="Stop at this string (repeatable; the variable splits at "
+                                                        "whitespace).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", envvar=_env("verbose"),
                                        help="Show llama.cpp's own log on stderr.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", envvar=_env("no-progress"),
                                           help="No progress bars.")]
-Prefill = Annotated[str, typer.Option(envvar=_env("prefill"),
+Prefill = Annotated[str, typer.Option(envvar=_env("prefill"), callback=_choice(PREFILL_CHOICES),
                                         help="Prefill backend: auto (ONNX on an NPU, else llama.cpp) | llama | onnx.")]
-Ep = Annotated[Optional[str], typer.Option("--ep", envvar=_env("ep"),
+Ep = Annotated[Optional[str], typer.Option("--ep", envvar=_env("ep"), callback=utf8_text,
                                            help="onnxruntime execution provider for ONNX prefill (qnn, openvino, "
                                                 "coreml, vitisai, dml, cuda, cpu).")]

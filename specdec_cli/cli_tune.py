@@ -9,14 +9,15 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import cli_options as opt
+from .console import stdout_console
+from .errors import SpecdecError
 from .tuner import Profile, Tuner, stored_profiles
 
-Quick = Annotated[bool, typer.Option("--quick", help="Fewer sizes and repeats: under 10 s.")]
-Show = Annotated[bool, typer.Option("--show", help="Print the stored profiles instead of measuring.")]
+Quick = Annotated[bool, typer.Option("--quick", envvar="SPECDEC_QUICK", help="Fewer sizes and repeats: under 10 s.")]
+Show = Annotated[bool, typer.Option("--show", envvar="SPECDEC_SHOW", help="Print the stored profiles instead of measuring.")]
 
 
 def tune(
@@ -24,6 +25,8 @@ def tune(
     quick: Quick = False,
     show: Show = False,
     kv_cache: opt.KvCache = None,
+    kv_k: opt.KvK = None,
+    kv_v: opt.KvV = None,
     threads: opt.Threads = None,
     as_json: opt.Json = False,
     verbose: opt.Verbose = False,
@@ -32,13 +35,16 @@ def tune(
     if show:
         _show(as_json)
         return
+    from .cli_progress import assembly_progress
     from .session import RunOptions, open_session
 
-    session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, verbose=verbose),
-                           progress=False)
+    session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, kv_k=kv_k,
+                                      kv_v=kv_v, verbose=verbose),
+                           progress=assembly_progress(True))
     try:
         t0 = time.perf_counter()
-        profile = Tuner(session.generator).measure(quick=quick)
+        tuner = Tuner(session.generator)
+        profile = tuner.measure(quick=quick)
         elapsed = time.perf_counter() - t0
     finally:
         session.generator.close()
@@ -47,11 +53,13 @@ def tune(
         doc["model"] = session.alias
         doc["seconds"] = round(elapsed, 3)
         sys.stdout.write(json.dumps(doc) + "\n")
-        return
-    out = Console(highlight=False)
-    out.print(f"[bold]{session.alias}[/bold] on {profile.device} (verify batch {profile.verify_batch}), "
-              f"measured in {elapsed:.1f}s")
-    out.print(_curve_table(profile))
+    else:
+        out = stdout_console()
+        out.print(f"[bold]{session.alias}[/bold] on {profile.device} (verify batch {profile.verify_batch}), "
+                  f"measured in {elapsed:.1f}s")
+        out.print(_curve_table(profile))
+    if not tuner.stored:  # storing it is what tune is for; the warning said why it failed
+        raise SpecdecError(f"the profile could not be stored in {tuner.path.parent}")
 
 
 def _show(as_json: bool) -> None:
@@ -60,12 +68,13 @@ def _show(as_json: bool) -> None:
         docs = [_profile_doc(p) | {"path": str(path)} for path, p in entries if p is not None]
         sys.stdout.write(json.dumps(docs) + "\n")
         return
-    out = Console(highlight=False)
+    out = stdout_console()
     if not entries:
         out.print("no stored profiles (run `specdec tune`)")
         return
     for path, profile in entries:
         if profile is None:
+            out.print(f"[bold]{path.name}[/bold]  corrupt: ignored, the next `specdec tune` rebuilds it")
             continue
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.created))
         out.print(f"[bold]{path.name}[/bold]  {profile.model_path}\n  {profile.device}, {when}"

@@ -21,8 +21,9 @@ import numpy as np
 from . import _native as nat
 from .drafting import DRAFT_MODES, MATRIX_K, DraftSettings, Drafter, DraftTree
 from .errors import SpecdecError, UsageError
-from .exactness import ExactnessRule, exactness_rule
-from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch
+from .exactness import exactness_rule
+from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
+from .metrics import decode_rate, tokens_per_step
 from .prefill.backend import open_prefiller, prefill_with_fallback
 from .tuner import SpeculationPolicy, policy_for
 
@@ -39,7 +40,7 @@ class SamplingParams:
         return self.temperature <= 0.0
 
     def validate(self) -> None:
-        if self.temperature < 0 or self.temperature > 10:
+        if not 0 <= self.temperature <= 10:  # written so that NaN fails it too
             raise UsageError(f"--temp must be between 0 and 10, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
@@ -47,17 +48,30 @@ class SamplingParams:
             raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
 
 
+def default_kv_types(exact: bool) -> tuple[str, str]:
+    """K and V cache types when the user sets none.
+
+    Fast mode: f16/f16, llama.cpp's default, whose prefill takes the tiled flash-attention
+    kernel. Exact mode: V q8_0, which keeps speculation bit-exact in long contexts: with K
+    and V both f16 and 512+ cells, ggml's single-query flash attention splits the cells
+    across threads and sums in another order than the batched kernel (pinned ggml, ops.cpp
+    `use_split_kv_path`); with a quantized V both take the same kernel. Measured:
+    bit-identical logits at 700 tokens, where f16/f16 moved them by up to 0.7."""
+    return ("f16", "q8_0") if exact else ("f16", "f16")
+
+
 @dataclass
 class EngineConfig:
     n_ctx: int = 4096
     n_threads: int | None = None
-    kv_k: str = "f16"
-    # A q8_0 V cache keeps speculation exact in long contexts: with K and V both f16 and
-    # 512+ cells, ggml's single-query flash attention splits the cells across threads and
-    # sums in another order than the batched kernel (pinned ggml, ops.cpp
-    # `use_split_kv_path`); with a quantized V both take the same kernel. Measured:
-    # bit-identical logits at 700 tokens, where f16/f16 moved them by up to 0.7.
-    kv_v: str = "q8_0"
+    # Exact mode: batched verification bit-identical to one-token decoding (exactness.py's
+    # probed rules: weight layout, largest verify call, a quantized V). Fast mode (default):
+    # llama.cpp's fastest kernels for the device — repacked weights, verification in one
+    # call however many rows — where greedy output equals plain decoding's except where two
+    # kernel paths round a near-tie differently.
+    exact: bool = False
+    kv_k: str | None = None  # None: default_kv_types(exact)
+    kv_v: str | None = None
     n_batch: int = 512
     # Branches a draft tree may have; every accepted cell is shared with this many sequences.
     n_seq_max: int = 64
@@ -74,10 +88,11 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     ttft_s: float = 0.0
-    tokens_per_s: float = 0.0
+    tokens_per_s: float = 0.0  # metrics.py: generated tokens over the time after the first step
     steps: int = 0
     speculative_steps: int = 0
-    mean_accepted: float = 0.0
+    tokens_per_step: float = 0.0  # metrics.py; plain decoding reads exactly 1.0
+    engine: str = "fast"  # "fast" | "exact" (EngineConfig.exact)
     draft: str = "none"
     tree_size: int = 1
     draft_len: int = 0
@@ -97,7 +112,7 @@ class GenerationStats:
 class GenerationResult:
     text: str
     tokens: list[int]
-    finish_reason: str  # "stop" | "length" | "interrupted"
+    finish_reason: str  # "stop" | "length" (max_tokens) | "context" (the context is full) | "interrupted"
     stats: GenerationStats
 
 
@@ -162,17 +177,26 @@ class Generator:
                  chat_template: str | None = None, matrix_path: Path | None = None,
                  policy: SpeculationPolicy | None = None):
         self.config = config or EngineConfig()
+        default_k, default_v = default_kv_types(self.config.exact)
+        self.config.kv_k = self.config.kv_k or default_k
+        self.config.kv_v = self.config.kv_v or default_v
+        # llama.cpp caps a batch at the requested context size (and aborts on a larger one).
+        self.config.n_batch = min(self.config.n_batch, self.config.n_ctx)
         self.model_path = Path(model_path)
-        self.exactness: ExactnessRule = exactness_rule(self.model_path, verbose=self.config.verbose)
-        self.model = LlamaModel(self.model_path, repacked_weights=self.exactness.repacked_weights,
+        if self.config.exact:
+            rule = exactness_rule(self.model_path, verbose=self.config.verbose, n_threads=self.config.n_threads)
+            self.repacked_weights, self.verify_batch = rule.repacked_weights, rule.max_verify_batch
+        else:
+            self.repacked_weights, self.verify_batch = repacked_weights_safe(), self.config.n_batch
+        self.model = LlamaModel(self.model_path, repacked_weights=self.repacked_weights,
                                 verbose=self.config.verbose)
-        # Flash attention on: below 64 query rows its CPU kernel sums each row the same way
-        # whatever the batch, which keeps verification exact (see exactness.py).
+        # Flash attention on (as llama.cpp's `auto` picks on a CPU): below 64 query rows its
+        # CPU kernel sums each row the same way whatever the batch, which keeps exact-mode
+        # verification exact (see exactness.py), and with f16 K/V prefill takes its tiled kernel.
         self.ctx = LlamaContext(self.model, ContextConfig(
             n_ctx=self.config.n_ctx, n_batch=self.config.n_batch, n_ubatch=self.config.n_batch,
             n_seq_max=self.config.n_seq_max, n_threads=self.config.n_threads,
             kv_k=self.config.kv_k, kv_v=self.config.kv_v, flash_attn=True))
-        self.verify_batch = self.exactness.max_verify_batch
         self.n_vocab = self.model.n_vocab
         self.chat_template = self.model.chat_template() or chat_template
         self.matrix_path = matrix_path
@@ -182,7 +206,8 @@ class Generator:
         self._kv_tokens: list[int] = []  # tokens whose KV cells are in every shared sequence
         self.drafter = Drafter(self.n_vocab, DraftSettings(), self._load_matrix())
         self.prefiller = open_prefiller(self.model_path, self.config.prefill, self.config.ep,
-                                        n_threads=self.ctx.n_threads, warn=_warn)
+                                        n_threads=self.ctx.n_threads, kv_types=(self.config.kv_k, self.config.kv_v),
+                                        warn=_warn)
         # `--draft auto` asks it for each step's sizes; built on first use (tuner.policy_for).
         self.policy = policy
 
@@ -222,13 +247,14 @@ class Generator:
                                f"use a larger --ctx or a shorter prompt")
         tree_size, draft_len = self._resolve_sizes(draft)
         stats = GenerationStats(n_prompt=len(prompt), draft=draft.mode, tree_size=tree_size, draft_len=draft_len,
-                                kv_cache=self.config.kv_k if self.config.kv_k == self.config.kv_v
+                                engine="exact" if self.config.exact else "fast", kv_cache=self.config.kv_k if self.config.kv_k == self.config.kv_v
                                 else f"{self.config.kv_k}/{self.config.kv_v}")
         sampler = None if sampling.greedy else nat.Sampler(
             sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         text = _TextStream(stop, on_text)
         depths = _DepthCounter()
         out: list[int] = []
+        n_emitted = 0  # tokens the steps emitted: `out` plus an end-of-generation token
         finish = "length"
 
         t0 = time.perf_counter()
@@ -244,14 +270,15 @@ class Generator:
             while len(out) < max_tokens:
                 room = self.ctx.n_ctx - n_past - len(deferred)
                 if room < 1:
-                    finish = "length"
+                    finish = "context"
                     break
                 step_tree, step_chain = tree_size, draft_len
                 if policy is not None:
                     choice = policy.choose(*self.drafter.lookup(draft_len), n_deferred=len(deferred))
                     step_tree, step_chain = choice.tree_size, choice.draft_len
-                step_tree = min(step_tree, room, self.config.n_batch - len(deferred))
-                step_chain = min(step_chain, max(0, room - step_tree))
+                rows = min(room, self.config.n_batch - len(deferred))  # one batch holds the deferred tokens too
+                step_tree = min(step_tree, rows)
+                step_chain = min(step_chain, max(0, rows - step_tree))
                 step = self._step(deferred, root, n_past, draft.mode, step_tree, step_chain, sampling, sampler, stats)
                 if policy is not None:
                     policy.observe(step.accepted)
@@ -265,6 +292,7 @@ class Generator:
                     stats.ttft_s = time.perf_counter() - t0
                 done = False
                 for tok in step.accepted:
+                    n_emitted += 1
                     if self.model.is_eog(tok):
                         finish, done = "stop", True
                         break
@@ -287,8 +315,11 @@ class Generator:
             text.finish()
             stats.decode_s = time.perf_counter() - t_decode
         stats.n_generated = len(out)
-        stats.tokens_per_s = round(len(out) / stats.decode_s, 2) if stats.decode_s > 0 else 0.0
-        stats.mean_accepted = round(len(out) / stats.steps, 4) if stats.steps else 0.0
+        # As llama-server counts it: its first token comes out of the prompt's pass, ours
+        # out of the first step (the last prompt token, decoded as the root).
+        after_first = stats.decode_s - (stats.ttft_s - stats.prefill_s) if stats.steps > 1 else stats.decode_s
+        stats.tokens_per_s = round(decode_rate(len(out), after_first), 2)
+        stats.tokens_per_step = round(tokens_per_step(n_emitted, stats.steps), 4)
         stats.accept_rate_by_depth = depths.rates()
         stats.kv_bytes = self.ctx.kv_bytes(0)
         for name in ("prefill_s", "decode_s", "ttft_s"):
@@ -296,6 +327,18 @@ class Generator:
         for name in ("draft_ms", "decode_ms", "verify_ms"):
             setattr(stats, name, round(getattr(stats, name), 3))
         return GenerationResult(text=text.text, tokens=out, finish_reason=finish, stats=stats)
+
+    def next_token_logits(self, tokens: np.ndarray) -> np.ndarray:
+        """Plain decoding's logits for the token after `tokens` (a copy): the last token
+        decoded alone, as every plain step is. The bench measures a divergence's logit gap
+        with it. The cache keeps `tokens[:-1]` for the next call."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        n_past = self._prefill(tokens, GenerationStats())
+        self._batch.set_chain(tokens[-1:], n_past, self._all_seqs, all_outputs=True)
+        self.ctx.decode(self._batch)
+        logits = self.ctx.logits(1)[0].copy()
+        self._drop_uncommitted(n_past)
+        return logits
 
     def save_matrix(self) -> None:
         if self.matrix_path is not None:

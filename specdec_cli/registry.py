@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecdecError, UsageError
-from .paths import config_dir
+from .paths import cache_dir, config_dir
+from .split_model import Progress, SplitPackages, all_installed, any_installed, assemble, assembled_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,15 +29,17 @@ SOURCES = ("pypi", "hf", "path")
 DEFAULTABLE_OPTIONS = frozenset(
     {
         "draft", "tree_size", "draft_len", "kv_cache", "prefill", "ep", "ctx", "threads",
-        "max_tokens", "temp", "top_k", "top_p", "seed", "system",
+        "max_tokens", "temp", "top_k", "top_p", "seed", "system", "exact",
     }
 )
 _ENTRY_FIELDS = frozenset(
     {
         "description", "source", "package", "file", "assemble", "repo", "revision", "sha256",
         "size_bytes", "path", "chat_template", "context_length", "default", "aliases", "defaults",
+        "split_packages",
     }
 )
+_SPLIT_FIELDS = frozenset({"package", "file", "count", "sha256", "size_bytes", "extra"})
 _ALIAS_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 BUILTIN_ORIGIN = "built-in models.toml"
@@ -62,6 +65,9 @@ class ModelEntry:
     default: bool = False
     aliases: tuple[str, ...] = ()
     defaults: dict[str, str | int | float | bool] = field(default_factory=dict)
+    # hf: the same file split over Python packages, the source for machines that reach
+    # only a package index (split_model.py); Hugging Face stays the first source.
+    split: SplitPackages | None = None
     origin: str = BUILTIN_ORIGIN  # the models.toml this entry came from
 
     @property
@@ -141,15 +147,16 @@ class Registry:
     def default(self) -> ModelEntry:
         return next(entry for entry in self._entries.values() if entry.default)
 
-    def resolve(self, name_or_path: str | None = None) -> ResolvedModel:
-        """Alias (or None for the default) or path to a .gguf -> the local GGUF file."""
+    def resolve(self, name_or_path: str | None = None, progress: Progress | None = None) -> ResolvedModel:
+        """Alias (or None for the default) or path to a .gguf -> the local GGUF file.
+        `progress` follows a model being assembled from split packages on first use."""
         if name_or_path is None:
             entry = self.default()
-            return ResolvedModel(entry.alias, local_model_file(entry), entry)
+            return ResolvedModel(entry.alias, local_model_file(entry, progress), entry)
         if not _looks_like_path(name_or_path):
             entry = self.find(name_or_path)
             if entry is not None:
-                return ResolvedModel(entry.alias, local_model_file(entry), entry)
+                return ResolvedModel(entry.alias, local_model_file(entry, progress), entry)
         candidate = Path(name_or_path).expanduser()
         if candidate.is_file():
             return ResolvedModel(name_or_path, candidate, _path_entry(candidate))
@@ -176,6 +183,8 @@ def is_local(entry: ModelEntry) -> bool:
     """Whether the model can be used without a download."""
     if entry.source == "pypi" and entry.file is None:
         return _distribution(entry) is not None  # installed; assembled on first use
+    if entry.split is not None and all_installed(entry.split):
+        return True
     return present_file(entry) is not None
 
 
@@ -185,22 +194,37 @@ def present_file(entry: ModelEntry) -> Path | None:
     if entry.source == "pypi":
         return _pypi_file(entry) if entry.file is not None else None
     if entry.source == "hf":
-        return hf_cached_file(entry)
+        cached = hf_cached_file(entry)
+        if cached is None and entry.split is not None:
+            assembled = split_model_file(entry)
+            return assembled if assembled.is_file() else None
+        return cached
     return entry.path if entry.path is not None and entry.path.is_file() else None
 
 
-def local_model_file(entry: ModelEntry) -> Path:
-    """The entry's GGUF file on this machine; SpecdecError saying how to get it if absent."""
+def split_model_file(entry: ModelEntry) -> Path:
+    """Where the entry's split packages are (or will be) assembled."""
+    assert entry.split is not None
+    return assembled_path(cache_dir() / "models", entry.alias, entry.split)
+
+
+def local_model_file(entry: ModelEntry, progress: Progress | None = None) -> Path:
+    """The entry's GGUF file on this machine; SpecdecError saying how to get it if absent.
+    A model split over Python packages is assembled on first use (`progress` follows it)."""
     if entry.source == "pypi":
         return _pypi_model_file(entry)
     if entry.source == "hf":
         cached = hf_cached_file(entry)
-        if cached is None:
-            raise SpecdecError(
-                f"model {entry.alias} is not downloaded yet: run `specdec models pull {entry.alias}` "
-                f"(about {format_size(entry.size_bytes)} from the Hugging Face repo {entry.repo})"
-            )
-        return cached
+        if cached is not None:
+            return cached
+        if entry.split is not None and (split_model_file(entry).is_file() or any_installed(entry.split)):
+            return assemble(entry.split, split_model_file(entry), progress)
+        offline = (f"; offline, install it from the package index: {entry.split.install_hint()}"
+                   if entry.split is not None else "")
+        raise SpecdecError(
+            f"model {entry.alias} is not downloaded yet: run `specdec models pull {entry.alias}` "
+            f"(about {format_size(entry.size_bytes)} from the Hugging Face repo {entry.repo}){offline}"
+        )
     assert entry.path is not None
     if not entry.path.is_file():
         raise SpecdecError(f"model {entry.alias} points to {entry.path}, which does not exist ({entry.origin})")
@@ -396,4 +420,41 @@ def _parse_entry(alias: str, table: object, origin: str, base_dir: Path) -> Mode
         entry.path = path if path.is_absolute() else base_dir / path
     if source != "path" and "path" in table:
         raise fail("`path` only applies to source = \"path\"")
+    if "split_packages" in table:
+        if source != "hf":
+            raise fail("`split_packages` is an offline alternative to source = \"hf\"")
+        entry.split = _parse_split(table["split_packages"], fail)
     return entry
+
+
+def _parse_split(table: object, fail) -> SplitPackages:
+    """[models.<alias>.split_packages]: package and file patterns with {n}, the part count
+    and the SHA-256 of the whole file."""
+    if not isinstance(table, dict):
+        raise fail("`split_packages` must be a table")
+    unknown = set(table) - _SPLIT_FIELDS
+    if unknown:
+        raise fail(f"`split_packages` has unknown field(s) {sorted(unknown)}")
+    for key in ("package", "file", "sha256"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise fail(f"`split_packages.{key}` must be a non-empty string")
+    for key in ("package", "file"):
+        try:
+            if table[key].format(n=1) == table[key].format(n=2):
+                raise fail(f"`split_packages.{key}` must contain {{n}}, the part number")
+        except (KeyError, IndexError, ValueError):
+            raise fail(f"`split_packages.{key}`: only {{n}} may appear in braces") from None
+    count = table.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise fail("`split_packages.count` must be a positive integer")
+    sha256 = table["sha256"].lower()
+    if not _SHA256_PATTERN.match(sha256):
+        raise fail("`split_packages.sha256` must be 64 hexadecimal digits")
+    size = table.get("size_bytes")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise fail("`split_packages.size_bytes` must be a positive integer")
+    extra = table.get("extra")
+    if extra is not None and (not isinstance(extra, str) or not extra):
+        raise fail("`split_packages.extra` must be a non-empty string")
+    return SplitPackages(package=table["package"], file=table["file"], count=count, sha256=sha256,
+                         size_bytes=size, extra=extra)

@@ -10,10 +10,11 @@ import numpy as np
 from .drafting import DraftSettings
 from .cli_options import KV_CHOICES
 from .errors import SpecdecError, UsageError
-from .generator import EngineConfig, Generator, SamplingParams
+from .generator import EngineConfig, Generator, SamplingParams, default_kv_types
 from .gguf_file import check_gguf, file_sha256
 from .paths import cache_dir
 from .registry import Registry
+from .split_model import Progress
 
 DEFAULT_DRAFT = "auto"
 DEFAULT_TREE_SIZE = 16
@@ -39,6 +40,7 @@ class RunOptions:
     seed: int | None = None
     prefill: str = "auto"
     ep: str | None = None
+    exact: bool | None = None  # None: the model's models.toml default, else the fast mode
 
 
 @dataclass
@@ -63,36 +65,43 @@ class Session:
         self.generator.close()
 
 
-def kv_cache_types(options: RunOptions, model_default: str | None) -> tuple[str, str]:
+def kv_cache_types(options: RunOptions, model_default: str | None, exact: bool) -> tuple[str, str]:
     """K and V cache types: --kv-k / --kv-v, else --kv-cache, else the model's models.toml
-    `kv_cache`, else the engine default (K f16, V q8_0: see EngineConfig for why V is
-    quantized even by default)."""
+    `kv_cache`, else the engine mode's default (generator.default_kv_types)."""
     if model_default is not None and model_default not in KV_CHOICES:
         raise UsageError(f"models.toml sets kv_cache = {model_default!r}; choose from {', '.join(KV_CHOICES)}")
     both = options.kv_cache or model_default
-    kv_k = options.kv_k or both or EngineConfig.kv_k
-    kv_v = options.kv_v or both or EngineConfig.kv_v
+    default_k, default_v = default_kv_types(exact)
+    kv_k = options.kv_k or both or default_k
+    kv_v = options.kv_v or both or default_v
     for flag, name in (("--kv-k", kv_k), ("--kv-v", kv_v)):
         if name not in KV_CHOICES:  # the CLI checks too; this guards the library API
             raise UsageError(f"{flag} {name!r} is not one of {', '.join(KV_CHOICES)}")
     return kv_k, kv_v
 
 
-def open_session(options: RunOptions, progress: bool = True) -> Session:
+def open_session(options: RunOptions, progress: Progress | None = None) -> Session:
+    """`progress` follows a model assembled from split packages on its first use."""
     sampling = SamplingParams(temperature=options.temperature, top_k=options.top_k,
                               top_p=options.top_p, seed=options.seed)
     sampling.validate()
     registry = Registry.load()
-    resolved = registry.resolve(options.model)
+    resolved = registry.resolve(options.model, progress)
     info = check_gguf(resolved.path)
+    # A context past the trained one only buys memory (a huge one, all of it); the default
+    # stays allowed for models trained on less.
+    if info.context_length and options.ctx > max(info.context_length, RunOptions.ctx):
+        raise UsageError(f"--ctx {options.ctx} is more than {resolved.alias}'s training context "
+                         f"({info.context_length} tokens)")
     entry = resolved.entry
     defaults = entry.defaults if entry is not None else {}
-    kv_k, kv_v = kv_cache_types(options, defaults.get("kv_cache"))
+    exact = options.exact if options.exact is not None else bool(defaults.get("exact", False))
+    kv_k, kv_v = kv_cache_types(options, defaults.get("kv_cache"), exact)
     draft = DraftSettings(
         mode=options.draft or defaults.get("draft", DEFAULT_DRAFT),
         tree_size=options.tree_size or DEFAULT_TREE_SIZE,
         draft_len=DEFAULT_DRAFT_LEN if options.draft_len is None else options.draft_len)
-    config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, kv_k=kv_k, kv_v=kv_v,
+    config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, exact=exact, kv_k=kv_k, kv_v=kv_v,
                           verbose=options.verbose, prefill=options.prefill, ep=options.ep)
     matrix = cache_dir() / "recycling" / f"{file_sha256(resolved.path)}.matrix"
     try:
