@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _native as nat
+from .paths import write_cache_file
 
 DRAFT_MODES = ("none", "ngram", "recycling", "hybrid", "auto")
 MATRIX_K = 8
@@ -95,8 +96,7 @@ class Drafter:
         self.matrix.update(tree_tokens, topk_ids)
 
     def save_matrix(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.matrix.save(str(path))
+        write_cache_file(path, lambda tmp: self.matrix.save(str(tmp)))
 
 
 def single_node_tree(root: int) -> DraftTree:

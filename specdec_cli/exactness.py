@@ -22,7 +22,6 @@ lossless tests check exactly that (tests/test_lossless.py).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from .gguf_file import file_sha256
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
-from .paths import cache_dir
+from .paths import cache_dir, write_cache_file
 
 PROBE_TEXT = ("The committee met on Tuesday to review the budget. After a long discussion, "
               "they agreed to fund the new library, repair the bridge on Main Street and hire two teachers.")
@@ -39,6 +38,7 @@ PROBE_TOKENS = 32
 # flash attention's tiled kernel.
 BATCH_CANDIDATES = (32, 16, 8, 7, 4, 2)
 RULE_VERSION = 2
+_probed: dict[str, "ExactnessRule"] = {}  # rules whose cache file could not be written, by model hash
 
 
 @dataclass(frozen=True)
@@ -47,29 +47,31 @@ class ExactnessRule:
     max_verify_batch: int  # 1 = batched verification is never exact: speculation cannot pay
 
 
-def exactness_rule(model_path: Path, verbose: bool = False) -> ExactnessRule:
-    """The cached rule for this model file, probing it the first time."""
-    cache = cache_dir() / "exactness" / f"{file_sha256(model_path)}.json"
+def exactness_rule(model_path: Path, verbose: bool = False, n_threads: int | None = None) -> ExactnessRule:
+    """The cached rule for this model file, probing it the first time (with the run's
+    thread count: on a busy machine more threads than free cores make it crawl)."""
+    sha256 = file_sha256(model_path)
+    if sha256 in _probed:  # the cache could not be written
+        return _probed[sha256]
+    cache = cache_dir() / "exactness" / f"{sha256}.json"
     try:
         data = json.loads(cache.read_text())
         if data.pop("version") == RULE_VERSION:
             return ExactnessRule(**data)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    rule = probe_exactness(model_path, verbose=verbose)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": RULE_VERSION, **asdict(rule)}))
-    os.replace(tmp, cache)
+    rule = probe_exactness(model_path, verbose=verbose, n_threads=n_threads)
+    if not write_cache_file(cache, json.dumps({"version": RULE_VERSION, **asdict(rule)})):
+        _probed[sha256] = rule
     return rule
 
 
-def probe_exactness(model_path: Path, verbose: bool = False) -> ExactnessRule:
+def probe_exactness(model_path: Path, verbose: bool = False, n_threads: int | None = None) -> ExactnessRule:
     best = ExactnessRule(False, 1)
     for repacked in (True, False) if repacked_weights_safe() else (False,):
         model = LlamaModel(model_path, repacked_weights=repacked, verbose=verbose)
         try:
-            size = _largest_exact_batch(model)
+            size = _largest_exact_batch(model, n_threads)
         finally:
             model.close()
         if size > best.max_verify_batch:
@@ -79,11 +81,12 @@ def probe_exactness(model_path: Path, verbose: bool = False) -> ExactnessRule:
     return best
 
 
-def _largest_exact_batch(model: LlamaModel) -> int:
+def _largest_exact_batch(model: LlamaModel, n_threads: int | None = None) -> int:
     """Decode a greedy chain one token per llama_decode, then again in calls of at most N
     tokens in the same context (so both see the same prompt cells); the largest N whose
     logits are bit-identical."""
-    ctx = LlamaContext(model, ContextConfig(n_ctx=512, n_batch=128, n_seq_max=1, flash_attn=True))
+    ctx = LlamaContext(model, ContextConfig(n_ctx=512, n_batch=128, n_seq_max=1, n_threads=n_threads,
+                                            flash_attn=True))
     batch = TokenBatch(128, 1)
     seq0 = np.zeros(1, dtype=np.int32)
     prompt = model.tokenize(PROBE_TEXT, add_special=True, parse_special=False)

@@ -19,7 +19,6 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC
 
 from .errors import SpecdecError
-from .paths import cache_dir
+from .paths import cache_dir, write_cache_file
 
 # llama.cpp reads GGUF versions 2 and 3 (version 1 used 32-bit counts and is refused).
 SUPPORTED_VERSIONS = (2, 3)
@@ -268,6 +267,7 @@ def _integer(value: object) -> int | None:
 # --- hashing ----------------------------------------------------------------------------
 
 HASH_CHUNK_BYTES = 1 << 20
+_hashed: dict[str, dict] = {}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -279,7 +279,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     real_path = Path(path).resolve()
     stat = real_path.stat()
     key = str(real_path)
-    cache = _load_hash_cache()
+    cache = _load_hash_cache() | _hashed  # _hashed: this process's, in case the cache is read-only
     cached = cache.get(key)
     if cached and cached.get("size") == stat.st_size and cached.get("mtime_ns") == stat.st_mtime_ns:
         return cached["sha256"]
@@ -288,7 +288,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     sha256 = digest.hexdigest()
-    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    cache[key] = _hashed[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
     _save_hash_cache(cache)
     return sha256
 
@@ -306,17 +306,5 @@ def _load_hash_cache() -> dict[str, dict]:
 
 
 def _save_hash_cache(cache: dict[str, dict]) -> None:
-    """Atomic write; a cache that cannot be written only costs a re-hash next time."""
-    target = _hash_cache_file()
-    temp_name = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=target.parent, prefix=".sha256-", suffix=".tmp", delete=False, encoding="utf-8"
-        ) as handle:
-            temp_name = handle.name
-            json.dump(cache, handle, indent=0)
-        os.replace(temp_name, target)
-    except OSError:
-        if temp_name is not None:
-            Path(temp_name).unlink(missing_ok=True)
+    """A cache that cannot be written only costs a re-hash next time."""
+    write_cache_file(_hash_cache_file(), json.dumps(cache, indent=0))

@@ -7,14 +7,33 @@ numpy-owned so that native code and numpy fill them without per-token Python.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import llama_cpp as lc
 import numpy as np
+
+# llama.cpp's CPU backend runs its threads under OpenMP (`OPENMP = 1` in system_info), with
+# an OpenMP barrier after every graph node (~750 per SmolLM2 token). libgomp spins ~3 ms
+# in a barrier before it sleeps; next to another busy process the thread it waits for is
+# often not running, and each barrier burns a time slice: 2 threads next to one busy
+# process made 0.3-1.4 tok/s where 1 thread made 16-110 (issue 18, bench/contention.py).
+# Spinning ~0.1 ms keeps an idle machine's barriers as quick and gives a waiting thread's
+# core up in time. libgomp reads this once, when llama.cpp loads it; a user's own OpenMP
+# settings win, and child processes (a llama-server peer in the bench) keep their defaults.
+OMP_SPINCOUNT = "10000"
+_spin_set = "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+if _spin_set:
+    os.environ["GOMP_SPINCOUNT"] = OMP_SPINCOUNT
+import llama_cpp as lc  # noqa: E402  (loads libgomp)
+
+if _spin_set:
+    del os.environ["GOMP_SPINCOUNT"]
 
 from .errors import SpecdecError, UsageError
 
@@ -39,8 +58,31 @@ def init_backend(verbose: bool = False) -> None:
 
     _log_callback = lc.llama_log_callback(log_to_stderr)
     lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
-    lc.llama_backend_init()
+    with interrupt_after():
+        lc.llama_backend_init()
     _backend_ready = True
+
+
+@contextlib.contextmanager
+def interrupt_after():
+    """Hold Ctrl-C back while llama.cpp runs code that calls into Python (the log callback,
+    the load progress callback) and raise KeyboardInterrupt once the call has returned.
+
+    A KeyboardInterrupt raised inside a ctypes callback is printed ("Exception ignored on
+    calling ctypes callback") and dropped: the load went on and the run exited 0. Yields
+    a list that is non-empty once Ctrl-C was pressed, for callbacks that can stop early."""
+    pressed: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield pressed  # signals only reach the main thread; an ignored SIGINT stays ignored
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def system_info() -> str:
@@ -79,7 +121,11 @@ class LlamaModel:
         # than single-token ones on some quant types (DESIGN.md section 3).
         params.use_extra_bufts = repacked_weights and repacked_weights_safe()
         self.path = Path(path)
-        self._ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        with interrupt_after() as pressed:
+            # Returning false stops the load, so Ctrl-C does not wait for a large model.
+            progress = lc.llama_progress_callback(lambda fraction, user_data: not pressed)
+            params.progress_callback = progress
+            self._ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
             raise SpecdecError(f"llama.cpp failed to load model {self.path} (run with --verbose for details)")
         self.vocab = lc.llama_model_get_vocab(self._ptr)
@@ -188,6 +234,11 @@ class LlamaContext:
                 raise UsageError(f"unknown KV cache type {name!r} (choose from {', '.join(KV_CACHE_TYPES)})")
         self.model = model
         self.config = config
+        # llama.cpp reserves an output row per sequence in every batch, and caps a batch at
+        # the context size: a smaller context aborts the process (GGML_ASSERT in output_reserve).
+        if min(config.n_ctx, config.n_batch) < config.n_seq_max:
+            raise UsageError(f"--ctx {config.n_ctx} is too small: the smallest context that works is "
+                             f"{config.n_seq_max} tokens")
         params = lc.llama_context_default_params()
         params.n_ctx = config.n_ctx
         params.n_batch = config.n_batch
@@ -208,7 +259,8 @@ class LlamaContext:
         # Rolling back rejected draft cells is only safe with the full-size sliding-window cache.
         params.swa_full = True
         params.no_perf = True
-        self._ptr = lc.llama_init_from_model(model.ptr, params)
+        with interrupt_after():
+            self._ptr = lc.llama_init_from_model(model.ptr, params)
         if not self._ptr:
             raise SpecdecError("llama.cpp failed to create a context (try a smaller --ctx, or --verbose)")
         self.n_ctx = lc.llama_n_ctx(self._ptr)

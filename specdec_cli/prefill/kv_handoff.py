@@ -179,7 +179,7 @@ def to_cache_type(values: np.ndarray, ggml_type: int) -> np.ndarray:
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         return rounded.astype(np.uint16)
     raise PrefillUnavailable(f"ONNX prefill cannot write a quantized KV cache (ggml type {ggml_type}); "
-                             f"use --kv f16 or --prefill llama")
+                             f"use --kv-cache f16 or --prefill llama")
 
 
 def from_cache_type(data: bytes, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -11,6 +11,7 @@ at the end the buffer is written into llama.cpp's cache for sequence 0 through
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +33,27 @@ def export_dir(model_path: Path) -> Path:
     return cache_dir() / "onnx" / file_sha256(model_path)
 
 
+def exported_graph_path(model_path: Path, chunk: int = DEFAULT_CHUNK, quant: str = "fp32") -> Path:
+    return export_dir(model_path) / f"prefill-v{GRAPH_VERSION}-c{chunk}-{quant}.onnx"
+
+
 def exported_graph(model_path: Path, chunk: int = DEFAULT_CHUNK, quant: str = "fp32") -> Path:
     """The cached export for this model file, building it the first time."""
-    path = export_dir(model_path) / f"prefill-v{GRAPH_VERSION}-c{chunk}-{quant}.onnx"
+    path = exported_graph_path(model_path, chunk, quant)
     if path.exists() and path.with_name(path.name + ".data").exists():
         return path
     # Export under the final file names into a private folder, then move the weights and
-    # then the graph into place: a finished .onnx always has its .data beside it.
+    # then the graph into place: a finished .onnx always has its .data beside it, and an
+    # export that fails (a read-only cache, a full disk, Ctrl-C) leaves nothing behind.
     tmp_dir = path.parent / f"tmp-{os.getpid()}"
-    export_prefill_graph(model_path, tmp_dir / path.name, chunk, quant)
-    os.replace(tmp_dir / (path.name + ".data"), path.with_name(path.name + ".data"))
-    os.replace(tmp_dir / path.name, path)
-    tmp_dir.rmdir()
+    try:
+        export_prefill_graph(model_path, tmp_dir / path.name, chunk, quant)
+        os.replace(tmp_dir / (path.name + ".data"), path.with_name(path.name + ".data"))
+        os.replace(tmp_dir / path.name, path)
+    except OSError as exc:
+        raise PrefillUnavailable(f"cannot write the ONNX graph into the cache ({exc})") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     # Exports of older graph versions are never read again.
     for stale in path.parent.glob(f"prefill-v*-c{chunk}-{quant}.onnx*"):
         if not stale.name.startswith(path.name):
@@ -72,10 +82,20 @@ class OnnxPrefiller:
         # NPUs compile one static shape: the past is padded to this length and masked.
         # The CPU (and GPU) providers take the exact past length instead.
         self.static_past = static_past if static_past is not None else (4096 if self.provider.is_npu else None)
-        self.graph_path = exported_graph(self.model_path, chunk, quant)
-        self.session = self._make_session(n_threads)
+        self.graph_path = exported_graph_path(self.model_path, chunk, quant)
+        self._n_threads = n_threads
+        self._session = None
         self.timing = PrefillTiming()
         self._handoffs: dict[tuple, KVHandoff] = {}
+
+    @property
+    def session(self):
+        """The onnxruntime session, built on the first prompt long enough to use it: the
+        export takes seconds and hundreds of MB, wasted on a run with a short prompt."""
+        if self._session is None:
+            exported_graph(self.model_path, self.chunk, self.quant)
+            self._session = self._make_session(self._n_threads)
+        return self._session
 
     def _make_session(self, n_threads: int | None):
         import onnxruntime as ort
