@@ -14,7 +14,7 @@ from rich.table import Table
 from . import cli_options as opt
 from .console import stdout_console
 from .errors import SpecdecError
-from .tuner import Profile, Tuner, stored_profiles
+from .tuning import Profile, measure_profile, save_profile, stored_profiles
 
 Quick = Annotated[bool, typer.Option("--quick", envvar="SPECDEC_QUICK", help="Fewer sizes and repeats: under 10 s.")]
 Show = Annotated[bool, typer.Option("--show", envvar="SPECDEC_SHOW", help="Print the stored profiles instead of measuring.")]
@@ -28,6 +28,7 @@ def tune(
     kv_k: opt.KvK = None,
     kv_v: opt.KvV = None,
     threads: opt.Threads = None,
+    exact: opt.Exact = None,
     as_json: opt.Json = False,
     verbose: opt.Verbose = False,
 ) -> None:
@@ -39,15 +40,19 @@ def tune(
     from .session import RunOptions, open_session
 
     session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, kv_k=kv_k,
-                                      kv_v=kv_v, verbose=verbose),
+                                      kv_v=kv_v, verbose=verbose, exact=exact),
                            progress=assembly_progress(True))
+    generator = session.generator
     try:
         t0 = time.perf_counter()
-        tuner = Tuner(session.generator)
-        profile = tuner.measure(quick=quick)
+        profile = measure_profile(generator.ctx, session.profile_key, model_path=generator.model_path,
+                                  n_batch=generator.config.n_batch, n_seq=generator.config.n_seq_max,
+                                  verify_batch=generator.verify_batch, n_vocab=generator.n_vocab, quick=quick)
         elapsed = time.perf_counter() - t0
     finally:
-        session.generator.close()
+        generator.close()
+    path = session.profile_key.path()
+    stored = save_profile(profile, path)
     if as_json:
         doc = _profile_doc(profile)
         doc["model"] = session.alias
@@ -56,10 +61,11 @@ def tune(
     else:
         out = stdout_console()
         out.print(f"[bold]{session.alias}[/bold] on {profile.device} (verify batch {profile.verify_batch}), "
-                  f"measured in {elapsed:.1f}s")
+                  f"measured in {elapsed:.1f}s"
+                  + (f"; measured again: k = {', '.join(map(str, profile.rechecked))}" if profile.rechecked else ""))
         out.print(_curve_table(profile))
-    if not tuner.stored:  # storing it is what tune is for; the warning said why it failed
-        raise SpecdecError(f"the profile could not be stored in {tuner.path.parent}")
+    if not stored:  # storing it is what tune is for; the warning said why it failed
+        raise SpecdecError(f"the profile could not be stored in {path.parent}")
 
 
 def _show(as_json: bool) -> None:
@@ -85,7 +91,6 @@ def _show(as_json: bool) -> None:
 def _profile_doc(profile: Profile) -> dict:
     doc = profile.to_json()
     doc["curve"]["ratios"] = {str(k): v for k, v in profile.curve.ratios().items()}
-    doc["curve"]["policy_ratios"] = {str(k): v for k, v in profile.curve.without_dips().ratios().items()}
     return doc
 
 
@@ -95,9 +100,8 @@ def _curve_table(profile: Profile) -> Table:
     table.add_column("c(k) ms", justify="right")
     table.add_column("c(k)/c(1)", justify="right")
     table.add_column("ms/token", justify="right")
-    table.add_column("policy uses", justify="right")  # c(k)/c(1) with timing dips lifted
+    table.add_column("measured again", justify="right")
     ratios = profile.curve.ratios()
-    used = profile.curve.without_dips().ratios()
     for k, ms in zip(profile.curve.sizes, profile.curve.ms):
-        table.add_row(str(k), f"{ms:.2f}", f"{ratios[k]:.2f}", f"{ms / k:.2f}", f"{used[k]:.2f}")
+        table.add_row(str(k), f"{ms:.2f}", f"{ratios[k]:.2f}", f"{ms / k:.2f}", "yes" if k in profile.rechecked else "")
     return table

@@ -58,9 +58,20 @@ class DeviceReport:
 
     def fingerprint(self) -> str:
         """Stable id of the compute this machine offers, for per-device tuner profiles."""
-        gpus = sorted(d.description for d in self.llama_devices if d.type != "CPU")
-        key = "|".join([self.cpu_model, str(self.physical_cores), str(self.logical_cores), *gpus])
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return _fingerprint(self.cpu_model, self.physical_cores, self.logical_cores, self.llama_devices)
+
+
+def _fingerprint(cpu: str, physical: int, logical: int, llama_devices: list[BackendDevice]) -> str:
+    gpus = sorted(d.description for d in llama_devices if d.type != "CPU")
+    key = "|".join([cpu, str(physical), str(logical), *gpus])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def device_fingerprint() -> str:
+    """The same id as DeviceReport.fingerprint() without the rest of the report (which
+    starts onnxruntime): what a tuner profile is keyed by."""
+    return _fingerprint(cpu_model(), psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+                        psutil.cpu_count(logical=True) or os.cpu_count() or 1, llama_backend_devices())
 
 
 def cpu_model() -> str:

@@ -9,7 +9,7 @@ accepted path and drops the rest. With a one-node tree the step is plain decodin
 from __future__ import annotations
 
 import codecs
-import os
+import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +25,7 @@ from .exactness import exactness_rule
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
 from .metrics import decode_rate, tokens_per_step
 from .prefill.backend import open_prefiller, prefill_with_fallback
-from .tuner import SpeculationPolicy, policy_for
+from .policy import SpeculationPolicy, prior_curve
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 40
     top_p: float = 0.95
+    # 0 <= seed < 2**64; None: a random one, reported in GenerationStats.seed. With the
+    # same seed the same text, whatever the draft mode (verify.hpp).
     seed: int | None = None
 
     @property
@@ -46,6 +48,8 @@ class SamplingParams:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise UsageError(f"--seed must be an integer from 0 to 2^64-1, got {self.seed}")
 
 
 def default_kv_types(exact: bool) -> tuple[str, str]:
@@ -103,6 +107,7 @@ class GenerationStats:
     kv_cache: str = "f16"
     kv_bytes: int = 0
     prefill_backend: str = "llama"
+    seed: int | None = None  # the sampling seed (drawn when none was given); None when greedy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,7 +213,8 @@ class Generator:
         self.prefiller = open_prefiller(self.model_path, self.config.prefill, self.config.ep,
                                         n_threads=self.ctx.n_threads, kv_types=(self.config.kv_k, self.config.kv_v),
                                         warn=_warn)
-        # `--draft auto` asks it for each step's sizes; built on first use (tuner.policy_for).
+        # `--draft auto` asks it for each step's sizes: the session's, from the device's
+        # measured profile (tuning.py); without one, the built-in prior curve.
         self.policy = policy
 
     def close(self) -> None:
@@ -249,8 +255,12 @@ class Generator:
         stats = GenerationStats(n_prompt=len(prompt), draft=draft.mode, tree_size=tree_size, draft_len=draft_len,
                                 engine="exact" if self.config.exact else "fast", kv_cache=self.config.kv_k if self.config.kv_k == self.config.kv_v
                                 else f"{self.config.kv_k}/{self.config.kv_v}")
-        sampler = None if sampling.greedy else nat.Sampler(
-            sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        sampler = None
+        if not sampling.greedy:
+            # A drawn seed has 53 bits, so that JSON readers that hold numbers as doubles
+            # (JavaScript, jq 1.6) print it back exactly and the run can be repeated.
+            stats.seed = sampling.seed if sampling.seed is not None else secrets.randbits(53)
+            sampler = nat.Sampler(stats.seed)
         text = _TextStream(stop, on_text)
         depths = _DepthCounter()
         out: list[int] = []
@@ -279,7 +289,8 @@ class Generator:
                 rows = min(room, self.config.n_batch - len(deferred))  # one batch holds the deferred tokens too
                 step_tree = min(step_tree, rows)
                 step_chain = min(step_chain, max(0, rows - step_tree))
-                step = self._step(deferred, root, n_past, draft.mode, step_tree, step_chain, sampling, sampler, stats)
+                step = self._step(deferred, root, n_past, draft.mode, step_tree, step_chain, sampling, sampler, stats,
+                                  position=len(out))
                 if policy is not None:
                     policy.observe(step.accepted)
                 n_past += len(step.committed)
@@ -349,7 +360,8 @@ class Generator:
     def _auto_policy(self, max_tree: int, max_chain: int) -> SpeculationPolicy:
         """The policy for `--draft auto`, whose sizes are capped by --tree-size/--draft-len."""
         if self.policy is None:
-            self.policy = policy_for(self, max_tree=max_tree, max_chain=max_chain)
+            self.policy = SpeculationPolicy(prior_curve(), verify_batch=self.verify_batch, max_tree=max_tree,
+                                            max_chain=max_chain, measured=False)
         self.policy.set_limits(max_tree, max_chain)
         self.policy.reset()
         return self.policy
@@ -397,9 +409,11 @@ class Generator:
         return len(body)
 
     def _step(self, deferred: list[int], root: int, n_past: int, mode: str, tree_size: int, draft_len: int,
-              sampling: SamplingParams, sampler, stats: GenerationStats) -> "_StepOutcome":
+              sampling: SamplingParams, sampler, stats: GenerationStats, position: int) -> "_StepOutcome":
         """One verification step: draft, decode the tree (after the deferred tokens), walk
-        it, keep the cells of the accepted path and drop the rest."""
+        it, keep the cells of the accepted path and drop the rest. `position` is the output
+        position the root's logits predict (tokens generated so far): sampling draws each
+        position with its own random number, so the text does not depend on the tree."""
         t0 = time.perf_counter()
         draft_mode = "hybrid" if mode == "auto" else mode
         tree = self.drafter.draft(root, draft_mode, tree_size, draft_len)
@@ -417,7 +431,7 @@ class Generator:
             path, bonus = nat.verify_greedy(tree.tokens, tree.parents, np.ascontiguousarray(topk_ids[:, 0]))
         else:
             path, bonus = nat.verify_sample(tree.tokens, tree.parents, logits, sampling.temperature,
-                                            sampling.top_k, sampling.top_p, sampler)
+                                            sampling.top_k, sampling.top_p, sampler, position)
         if mode != "none":
             self.drafter.learn(tree.tokens, topk_ids)
         in_order = _in_order_prefix(path)

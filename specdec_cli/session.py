@@ -13,12 +13,16 @@ from .errors import SpecdecError, UsageError
 from .generator import EngineConfig, Generator, SamplingParams, default_kv_types
 from .gguf_file import check_gguf, file_sha256
 from .paths import cache_dir
+from .devices import device_fingerprint
 from .registry import Registry
 from .split_model import Progress
+from .tuning import ProfileKey, load_profile, policy_from_profile
 
 DEFAULT_DRAFT = "auto"
 DEFAULT_TREE_SIZE = 16
-DEFAULT_DRAFT_LEN = 8
+# Longest chain `auto` may draft: with llama.cpp's repacked weights a 16-32-row step costs
+# 6-10 one-row steps, so a long exact match is worth a long chain (policy.py decides).
+DEFAULT_DRAFT_LEN = 32
 UNQUANTIZED_KV = {"f32", "f16"}
 
 
@@ -49,6 +53,7 @@ class Session:
     generator: Generator
     sampling: SamplingParams
     draft: DraftSettings
+    profile_key: ProfileKey  # where `specdec tune` stores this model's cost curve on this device
 
     def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> np.ndarray:
         if not text.strip():
@@ -115,4 +120,8 @@ def open_session(options: RunOptions, progress: Progress | None = None) -> Sessi
         # model's head size, or a quantized V where flash attention can't run.
         raise UsageError(f"llama.cpp could not create a K={kv_k} V={kv_v} KV cache for this model "
                          "(or ran out of memory); try --kv-cache f16, a smaller --ctx, or --verbose") from None
-    return Session(alias=resolved.alias, generator=generator, sampling=sampling, draft=draft)
+    key = ProfileKey(fingerprint=device_fingerprint(), n_threads=generator.ctx.n_threads, kv_k=kv_k, kv_v=kv_v,
+                     engine="exact" if exact else "fast", model_sha256=file_sha256(resolved.path))
+    generator.policy = policy_from_profile(load_profile(key.path()), generator.verify_batch,
+                                           max_tree=draft.tree_size, max_chain=draft.draft_len)
+    return Session(alias=resolved.alias, generator=generator, sampling=sampling, draft=draft, profile_key=key)

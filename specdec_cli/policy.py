@@ -1,0 +1,317 @@
+"""How much to speculate, step by step: the device's cost curve and an online policy
+(docs/DESIGN.md, "The cost model"). Pure: numbers in, a choice out; no engine imports.
+
+Cost curve. c(k) is the wall time of one verification step of k rows (a `llama_decode` of
+k tokens with logits, split into calls of at most the engine's verify batch, plus the
+read-out of those rows). On a 2-core CPU it grows almost linearly in k at first; with
+llama.cpp's repacked weights it has a GEMM regime (per-row cost falls sharply from 16
+rows on); on a GPU it is nearly flat. `specdec tune` measures it (tuning.py).
+
+Policy. Before each step the drafter's lookup gives a continuation and the length n of
+the context suffix that matched. The policy keeps acceptance statistics per match
+length, per depth, and picks the (tree size, chain length) with the highest expected
+tokens per second, E[accepted + 1] / c(rows), where (1, 0) is plain decoding; a
+speculative option has to beat plain decoding by SPECULATION_MARGIN to be taken.
+- Choosing the chain length by the marginal value of one more token is SpecDec++'s rule
+  (Huang et al. 2024, "SpecDec++: Boosting Speculative Decoding via Adaptive Candidate
+  Lengths": stop drafting once the probability of a rejection makes the next token not
+  worth its cost), here with per-depth acceptance rates estimated online instead of a
+  trained head, and with the measured cost curve instead of a fixed per-token cost.
+- Adapting the length online from the acceptance just observed follows PEARL (Liu et al.
+  2024, "Parallel Speculative Decoding with Adaptive Draft Length") and DEL (Zarch et al.
+  2025), which pick the draft length from running acceptance statistics.
+- Statistics are learned from every step, speculative or not: each step's lookup is kept
+  as a "shadow" prediction and scored against the tokens the model actually produces, so
+  the policy learns what a match of length n is worth without paying for drafts it
+  decides not to verify.
+- Each rate is the current generation's own count shrunk towards the rate over everything
+  generated so far (worth LOCAL_WEIGHT observations): how much a prompt's continuation
+  copies varies far more between prompts than between steps of one prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Without a measured profile the policy assumes these cost ratios c(k)/c(1): SmolLM2-135M
+# on a 2-core CPU with the repacked weights of the fast engine mode, the steepest curve we
+# measured (docs/DESIGN.md). On it only strong matches pay; a faster-scaling device is
+# under-used, never made slower than plain decoding. `specdec tune` replaces it.
+PRIOR_COST_RATIOS = {1: 1.0, 2: 2.2, 4: 3.3, 8: 5.3, 16: 9.1, 32: 17.5, 64: 33.6}
+
+# Priors for the acceptance statistics, each worth PRIOR_WEIGHT observations.
+PRIOR_WEIGHT = 4.0
+# Match-length buckets: a match of n tokens counts in the largest bucket <= n. Long exact
+# matches (an edit copying its input) are far more reliable than short ones, so they
+# must not share statistics.
+MATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# P(drafted token at depth d is accepted | all before it were), per bucket. Deliberately
+# modest: the shadow scoring replaces them within a few dozen steps.
+MATCH_PRIOR_ACCEPT = {1: 0.25, 2: 0.4, 3: 0.5, 4: 0.6, 6: 0.65, 8: 0.7, 12: 0.75, 16: 0.8, 24: 0.82,
+                      32: 0.85, 48: 0.87, 64: 0.9}
+# Mean accepted draft nodes of a Token Recycling tree of T nodes (docs/DESIGN.md
+# simulation: ~1.1 at 8-16 nodes, ~1.7 with an 80-node tree), kept below what was measured.
+RECYCLING_PRIOR_ACCEPTED = {4: 0.5, 8: 0.8, 16: 1.0, 32: 1.2, 64: 1.4}
+TREE_SIZES = (4, 8, 16, 32, 64)
+# Drafting, laying out the tree and sharing the accepted KV cells with every sequence cost
+# a speculative step 0.35-0.75 ms more than a plain one (SmolLM2, 2-core CPU, c(1) = 12 ms).
+SPECULATIVE_STEP_OVERHEAD = 0.05
+# A speculative option must promise this many times plain decoding's tokens per ms. The
+# option with the highest *estimated* rate is biased upwards (the maximum of several noisy
+# estimates), and a lost bet costs a whole step: without the margin, bets that promised a
+# few percent lost up to 20% on Spec-Bench's extraction prompts on a 2-core CPU.
+SPECULATION_MARGIN = 1.10
+# How many observations the global acceptance rate counts as when it is combined with the
+# current generation's own.
+LOCAL_WEIGHT = 12.0
+MAX_DEPTH = 64
+MAX_STREAK = 2
+
+
+@dataclass
+class CostCurve:
+    """Step time in ms for k rows, at measured sizes; interpolated in between."""
+
+    sizes: list[int]
+    ms: list[float]
+
+    def at(self, k: int) -> float:
+        """c(k) for one llama_decode call of k rows (linear interpolation, linear
+        extrapolation past the largest measured size)."""
+        if k <= self.sizes[0]:
+            return self.ms[0] * k / self.sizes[0]
+        return float(np.interp(k, self.sizes, self.ms)) if k <= self.sizes[-1] else self._extrapolate(k)
+
+    def step_ms(self, rows: int, verify_batch: int) -> float:
+        """Cost of a step of `rows` rows decoded in calls of at most `verify_batch` rows."""
+        full, rest = divmod(rows, max(1, verify_batch))
+        return full * self.at(verify_batch) + (self.at(rest) if rest else 0.0)
+
+    def _extrapolate(self, k: int) -> float:
+        if len(self.sizes) == 1:
+            return self.ms[0] * k / self.sizes[0]
+        k0, k1 = self.sizes[-2], self.sizes[-1]
+        slope = (self.ms[-1] - self.ms[-2]) / (k1 - k0)
+        return self.ms[-1] + slope * (k - k1)
+
+    def ratios(self) -> dict[int, float]:
+        return {k: round(ms / self.ms[0], 3) for k, ms in zip(self.sizes, self.ms)}
+
+
+def prior_curve() -> CostCurve:
+    sizes = sorted(PRIOR_COST_RATIOS)
+    return CostCurve(sizes=sizes, ms=[PRIOR_COST_RATIOS[k] for k in sizes])
+
+
+def match_bucket(match_n: int) -> int:
+    """The statistics bucket of a suffix match of `match_n` tokens (>= 1)."""
+    bucket = MATCH_BUCKETS[0]
+    for b in MATCH_BUCKETS:
+        if b > match_n:
+            break
+        bucket = b
+    return bucket
+
+
+@dataclass
+class Choice:
+    tree_size: int  # recycling tree nodes, root included (1 = no tree)
+    draft_len: int  # chain nodes grafted onto the root
+    expected_tokens: float  # E[accepted + 1]
+    cost_ms: float
+
+    @property
+    def plain(self) -> bool:
+        return self.tree_size == 1 and self.draft_len == 0
+
+
+@dataclass
+class _DepthStats:
+    """Per-depth conditional acceptance counts: over everything generated so far (with a
+    Beta prior), and over the current generation alone, shrunk towards the former."""
+
+    prior: float
+    trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
+    hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
+    local_trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
+    local_hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
+
+    def global_rate(self, depth: int) -> float:
+        return (self.hits[depth] + self.prior * PRIOR_WEIGHT) / (self.trials[depth] + PRIOR_WEIGHT)
+
+    def rate(self, depth: int) -> float:
+        return ((self.local_hits[depth] + self.global_rate(depth) * LOCAL_WEIGHT)
+                / (self.local_trials[depth] + LOCAL_WEIGHT))
+
+    def add(self, depth: int, hit: bool) -> None:
+        self.trials[depth] += 1
+        self.local_trials[depth] += 1
+        if hit:
+            self.hits[depth] += 1
+            self.local_hits[depth] += 1
+
+    def reset_local(self) -> None:
+        self.local_trials = [0.0] * MAX_DEPTH
+        self.local_hits = [0.0] * MAX_DEPTH
+
+    def expected_accepted(self, length: int) -> list[float]:
+        """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
+        out, survive = [0.0], 1.0
+        for d in range(length):
+            survive *= self.rate(d)
+            out.append(out[-1] + survive)
+        return out
+
+
+@dataclass
+class _MeanStat:
+    prior: float
+    total: float = 0.0
+    count: float = 0.0
+
+    def mean(self) -> float:
+        return (self.total + self.prior * PRIOR_WEIGHT) / (self.count + PRIOR_WEIGHT)
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+
+@dataclass
+class _Shadow:
+    chain: list[int]
+    bucket: tuple[int, int]
+    matched: int = 0
+
+
+class SpeculationPolicy:
+    """Chooses each step's (tree size, chain length) by expected tokens per second."""
+
+    def __init__(self, curve: CostCurve, *, verify_batch: int = 512, max_tree: int = 64, max_chain: int = 16,
+                 measured: bool = True):
+        self.curve = curve
+        self.verify_batch = verify_batch
+        self.measured = measured
+        self._costs: list[float] = []  # step cost by row count, filled on demand
+        self._draft_overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
+        # Keyed by (match-length bucket, how many steps in a row (0, 1, 2+) the lookup
+        # predicted the token the model then produced): inside a passage being copied both
+        # are high.
+        self.ngram = {(n, streak): _DepthStats(prior) for n, prior in MATCH_PRIOR_ACCEPT.items()
+                      for streak in range(MAX_STREAK + 1)}
+        self._streak = 0
+        self.trees = {t: _MeanStat(_recycling_prior(t)) for t in TREE_SIZES}
+        self.set_limits(max_tree, max_chain)
+        self._shadows: list[_Shadow] = []
+        self._pending: tuple[Choice, list[int]] | None = None
+        self.steps_by_kind = {"plain": 0, "ngram": 0, "tree": 0, "hybrid": 0}
+
+    def set_limits(self, max_tree: int, max_chain: int) -> None:
+        """Largest tree (nodes, root included) and chain a step may use."""
+        self.max_chain = max(0, min(max_chain, MAX_DEPTH))
+        self.tree_sizes = [t for t in TREE_SIZES if t <= max_tree]
+
+    def reset(self) -> None:
+        """A new generation: shadow predictions of the previous context no longer apply."""
+        self._shadows.clear()
+        self._pending = None
+        self._streak = 0
+        for stats in self.ngram.values():
+            stats.reset_local()
+
+    def choose(self, chain: np.ndarray, match_n: int, n_deferred: int = 0) -> Choice:
+        """The option with the most expected tokens per ms for this step, given the
+        drafter's lookup (continuation `chain`, suffix match length `match_n`; empty/0 =
+        no match)."""
+        chain_tokens = [int(t) for t in chain[:self.max_chain]]
+        bucket = (match_bucket(match_n), min(self._streak, MAX_STREAK)) if chain_tokens else None
+        if bucket:
+            self._shadows.append(_Shadow(chain_tokens, bucket))
+        gains = self.ngram[bucket].expected_accepted(len(chain_tokens)) if bucket else [0.0]
+        first_hit = self.ngram[bucket].rate(0) if bucket else 0.0
+        # Plain floats in the loop: this runs every step, next to a ~5-30 ms decode, and on
+        # most steps of most prompts it ends at plain decoding.
+        costs = self._costs_up_to(n_deferred + max(self.tree_sizes, default=1) + len(gains))
+        overhead = self._draft_overhead
+        best_rate, best = SPECULATION_MARGIN / costs[n_deferred + 1], (1, 0, 1.0)
+        for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:
+            first_d = 0 if t > 1 else 1
+            if first_d >= len(gains):
+                continue
+            # No chain length with this tree expects more than the longest chain plus the
+            # whole tree, nor costs less than the cheapest of their row counts: when even
+            # that bound loses, skip the tree.
+            cheapest = min(costs[n_deferred + t + first_d:n_deferred + t + len(gains)])
+            if (1.0 + gains[-1] + tree_gain) / (cheapest + overhead) <= best_rate:
+                continue
+            for d in range(first_d, len(gains)):
+                # A tree's alternatives only matter when the chain's first token is rejected.
+                expected = 1.0 + gains[d] + ((1.0 - first_hit) if d else 1.0) * tree_gain
+                rate = expected / (costs[n_deferred + t + d] + overhead)
+                if rate > best_rate:
+                    best_rate, best = rate, (t, d, expected)
+        t, d, expected = best
+        choice = Choice(tree_size=t, draft_len=d, expected_tokens=expected,
+                        cost_ms=costs[n_deferred + t + d] + (overhead if t + d > 1 else 0.0))
+        self._pending = (choice, chain_tokens[:d])
+        return choice
+
+    def observe(self, accepted: list[int]) -> None:
+        """After a step: the tokens it produced (accepted draft tokens, then the bonus token).
+        Scores every outstanding prediction against them and updates the tree stats."""
+        self._score_shadows(accepted)
+        if self._pending is None:
+            return
+        choice, chain = self._pending
+        self._pending = None
+        kind = ("plain" if choice.plain else "ngram" if choice.tree_size == 1
+                else "tree" if choice.draft_len == 0 else "hybrid")
+        self.steps_by_kind[kind] += 1
+        if choice.tree_size > 1:
+            chain_missed = not chain or not accepted or accepted[0] != chain[0]
+            if chain_missed:
+                self.trees[choice.tree_size].add(float(len(accepted) - 1))
+
+    def summary(self) -> dict:
+        return {"steps": dict(self.steps_by_kind), "measured_curve": self.measured,
+                "match_accept_by_depth": {f"n>={n},streak={k}": [round(s.rate(d), 3) for d in range(4)]
+                                          for (n, k), s in self.ngram.items()},
+                "tree_mean_accepted": {t: round(s.mean(), 3) for t, s in self.trees.items()}}
+
+    def _costs_up_to(self, rows: int) -> list[float]:
+        """Step cost by row count, at least up to `rows`."""
+        while rows >= len(self._costs):
+            self._costs.append(self.curve.step_ms(len(self._costs), self.verify_batch))
+        return self._costs
+
+    def _score_shadows(self, produced: list[int]) -> None:
+        alive = []
+        newest_hit = False
+        for shadow in self._shadows:
+            stats = self.ngram[shadow.bucket]
+            done = False
+            for tok in produced:
+                depth = shadow.matched
+                if depth >= len(shadow.chain) or depth >= MAX_DEPTH:
+                    done = True
+                    break
+                hit = shadow.chain[depth] == tok
+                stats.add(depth, hit)
+                if depth == 0:
+                    # Only the newest shadow is still at depth 0: its first token is this step's.
+                    newest_hit = hit
+                if not hit:
+                    done = True
+                    break
+                shadow.matched += 1
+            if not done and shadow.matched < len(shadow.chain):
+                alive.append(shadow)
+        self._shadows = alive
+        self._streak = self._streak + 1 if newest_hit else 0
+
+
+def _recycling_prior(tree_size: int) -> float:
+    sizes = sorted(RECYCLING_PRIOR_ACCEPTED)
+    return float(np.interp(tree_size, sizes, [RECYCLING_PRIOR_ACCEPTED[s] for s in sizes]))

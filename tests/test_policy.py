@@ -1,0 +1,186 @@
+"""The speculation policy (policy.py) on synthetic cost curves: plain where nothing pays,
+long chains on strong matches where the curve has a GEMM regime, trees on flat curves,
+and a pruned search that picks what the exhaustive one does. No model is loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specdec_cli import policy as pol
+from specdec_cli.policy import CostCurve, SpeculationPolicy, match_bucket
+
+NO_MATCH = np.zeros(0, dtype=np.int32)
+CHAIN = np.arange(100, 164, dtype=np.int32)
+
+
+def linear_curve() -> CostCurve:
+    """Every row costs as much as the first: nothing can pay."""
+    return CostCurve(sizes=[1, 64], ms=[10.0, 640.0])
+
+
+def flat_curve() -> CostCurve:
+    """A GPU-like curve: 64 rows cost barely more than one."""
+    return CostCurve(sizes=[1, 16, 64], ms=[10.0, 10.5, 12.0])
+
+
+def teach_ngram(policy: SpeculationPolicy, match_n: int, accept: float, steps: int = 200, length: int = 8) -> None:
+    """Feed shadow predictions whose tokens are right with probability `accept` per depth."""
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        policy.choose(CHAIN[:length], match_n)
+        produced = []
+        for tok in CHAIN[:length]:
+            if rng.random() < accept:
+                produced.append(int(tok))
+            else:
+                produced.append(1)
+                break
+        policy.observe(produced)
+        policy.reset()
+
+
+@pytest.mark.parametrize("match_n", [0, 1, 2, 3, 4])
+def test_policy_plain_when_nothing_pays(match_n: int) -> None:
+    policy = SpeculationPolicy(linear_curve(), verify_batch=64, max_tree=64, max_chain=16)
+    teach_ngram(policy, max(match_n, 1), accept=0.8)
+    choice = policy.choose(CHAIN if match_n else NO_MATCH, match_n)
+    assert choice.plain
+    assert (choice.tree_size, choice.draft_len) == (1, 0)
+
+
+def test_policy_large_tree_on_flat_curve() -> None:
+    policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=64, max_chain=16)
+    choice = policy.choose(NO_MATCH, 0)
+    assert choice.tree_size >= 32 and choice.draft_len == 0
+    with_match = policy.choose(CHAIN, 4)
+    assert with_match.tree_size >= 16 and with_match.draft_len >= 8
+
+
+def test_policy_speculates_on_strong_matches_only_on_cpu_curve() -> None:
+    policy = SpeculationPolicy(pol.prior_curve(), verify_batch=32, max_tree=16, max_chain=8)
+    teach_ngram(policy, 4, accept=0.95)
+    teach_ngram(policy, 1, accept=0.3)
+    strong = policy.choose(CHAIN, 4)
+    assert strong.tree_size == 1 and strong.draft_len >= 2
+    assert policy.choose(CHAIN, 1).plain
+    assert policy.choose(NO_MATCH, 0).plain
+
+
+def test_policy_plain_when_the_gain_is_within_the_margin() -> None:
+    """Each drafted token costs half a row: a 60%-right match promises at most ~4% more
+    tokens per ms than plain decoding, inside the margin; a 95%-right match pays."""
+    curve = CostCurve(sizes=[1, 2, 64], ms=[10.0, 15.0, 325.0])
+    weak = SpeculationPolicy(curve, verify_batch=64, max_tree=64, max_chain=16)
+    teach_ngram(weak, 4, accept=0.6)
+    assert weak.choose(CHAIN, 4).plain
+    strong = SpeculationPolicy(curve, verify_batch=64, max_tree=64, max_chain=16)
+    teach_ngram(strong, 4, accept=0.95)
+    choice = strong.choose(CHAIN, 4)
+    assert choice.tree_size == 1 and choice.draft_len >= 1
+
+
+def test_policy_stops_speculating_when_this_generation_keeps_missing() -> None:
+    """Earlier prompts taught that 4-token matches are right 98% of the time; in a prompt
+    where they keep being wrong the policy falls back to plain decoding within the
+    generation, and starts the next generation from the global rate again."""
+    policy = SpeculationPolicy(pol.prior_curve(), verify_batch=32, max_tree=16, max_chain=8)
+    teach_ngram(policy, 4, accept=0.98, steps=1000)
+    assert not policy.choose(CHAIN, 4).plain
+    policy.observe([1])
+    for _ in range(30):
+        policy.choose(CHAIN, 4)
+        policy.observe([1])
+    assert policy.choose(CHAIN, 4).plain
+    policy.observe([1])
+    policy.reset()
+    assert not policy.choose(CHAIN, 4).plain
+
+
+def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int) -> tuple[int, int]:
+    """Every (tree, chain length) option scored without pruning: the reference for choose()."""
+    chain = chain[:policy.max_chain]
+    stats = policy.ngram[(match_bucket(match_n), min(policy._streak, pol.MAX_STREAK))] if len(chain) else None
+    gains = stats.expected_accepted(len(chain)) if stats else [0.0]
+    first_hit = stats.rate(0) if stats else 0.0
+
+    def cost(rows: int) -> float:
+        return policy.curve.step_ms(rows, policy.verify_batch)
+
+    best_rate, best = pol.SPECULATION_MARGIN / cost(n_deferred + 1), (1, 0)
+    for t, tree_gain in [(1, 0.0)] + [(t, policy.trees[t].mean()) for t in policy.tree_sizes]:
+        for d in range(0 if t > 1 else 1, len(gains)):
+            expected = 1.0 + gains[d] + ((1.0 - first_hit) if d else 1.0) * tree_gain
+            rate = expected / (cost(n_deferred + t + d) + policy._draft_overhead)
+            if rate > best_rate:
+                best_rate, best = rate, (t, d)
+    return best
+
+
+def test_policy_pruned_search_picks_what_the_exhaustive_one_does() -> None:
+    """choose() skips trees whose best case already loses; on random (also non-monotone)
+    curves and acceptance histories it must still pick the option a full search picks."""
+    rng = np.random.default_rng(7)
+    picked = set()
+    for trial in range(60):
+        sizes = [1, 2, 4, 8, 16, 32, 64]
+        ratios = np.concatenate([[1.0], np.sort(rng.uniform(1.0, 1.0 + 0.9 * np.array(sizes[1:]) * rng.uniform(0.05, 1.2)))])
+        ratios = ratios * rng.uniform(0.9, 1.1, size=len(ratios))  # measurement noise
+        policy = SpeculationPolicy(CostCurve(sizes=sizes, ms=list(10.0 * ratios)), verify_batch=int(rng.choice([8, 64])),
+                                   max_tree=int(rng.choice([1, 16, 64])), max_chain=int(rng.integers(0, 40)))
+        teach_ngram(policy, int(rng.integers(1, 70)), accept=float(rng.uniform(0.2, 0.99)), steps=50)
+        for t in policy.tree_sizes:
+            policy.trees[t].add(float(rng.uniform(0, 4)))
+        for _ in range(5):
+            match_n = int(rng.integers(0, 70))
+            chain = CHAIN[:int(rng.integers(1, 40))] if match_n else NO_MATCH
+            n_deferred = int(rng.choice([0, 0, 1, 3]))
+            expected = exhaustive_choice(policy, chain, match_n, n_deferred)
+            choice = policy.choose(chain, match_n, n_deferred=n_deferred)
+            assert (choice.tree_size, choice.draft_len) == expected
+            picked.add(expected)
+            policy.observe([int(chain[0]) if len(chain) else 1, 2])
+    assert (1, 0) in picked and len(picked) >= 5  # the trials reach plain and speculative choices
+
+
+def test_policy_respects_limits() -> None:
+    policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=8, max_chain=4)
+    choice = policy.choose(CHAIN, 4)
+    assert choice.tree_size <= 8 and choice.draft_len <= 4
+
+
+def test_cost_curve_splits_into_verify_batches() -> None:
+    curve = CostCurve(sizes=[1, 8], ms=[1.0, 8.0])
+    assert curve.at(4) == pytest.approx(4.0)
+    assert curve.step_ms(20, verify_batch=8) == pytest.approx(2 * 8.0 + 4.0)
+    assert curve.at(16) == pytest.approx(16.0)  # linear extrapolation
+
+
+def gemm_curve() -> CostCurve:
+    """Qwen2.5-Coder-1.5B Q4_K_M with llama.cpp's repacked weights on a 2-core CPU (ms):
+    per-row cost falls 2.8x between 8 and 16 rows, and 16 rows cost less than 15."""
+    sizes = [1, 2, 4, 8, 12, 15, 16, 24, 32, 48, 64]
+    ms = [26.3, 49.3, 84.1, 132.5, 175.0, 198.0, 152.3, 215.0, 265.3, 370.0, 460.9]
+    return CostCurve(sizes=sizes, ms=ms)
+
+
+def test_match_buckets_separate_long_matches_from_short_ones() -> None:
+    assert [match_bucket(n) for n in (1, 4, 5, 7, 12, 40, 500)] == [1, 4, 4, 6, 12, 32, 64]
+
+
+def test_policy_takes_a_long_chain_at_the_gemm_step_on_a_confident_long_match() -> None:
+    """A 40-token match whose tokens are right 97% of the time: on the repacked-weights
+    curve 16 rows (15 drafted tokens) cost less than 15, and the policy lands there or
+    beyond; a 2-token match with the same teaching budget but 40% accuracy stays plain."""
+    policy = SpeculationPolicy(gemm_curve(), verify_batch=512, max_tree=16, max_chain=32)
+    teach_ngram(policy, 40, accept=0.97, length=32)
+    teach_ngram(policy, 2, accept=0.4, length=32)
+    strong = policy.choose(CHAIN[:32], 40)
+    assert strong.tree_size == 1 and strong.draft_len >= 15 and strong.draft_len != 14
+    assert policy.choose(CHAIN[:32], 2).plain
+
+
+def test_policy_long_chains_are_not_taken_on_the_same_match_with_a_linear_curve() -> None:
+    policy = SpeculationPolicy(linear_curve(), verify_batch=512, max_tree=16, max_chain=32)
+    teach_ngram(policy, 40, accept=0.97, length=32)
+    assert policy.choose(CHAIN[:32], 40).plain
