@@ -25,6 +25,7 @@
 #include "ngram_index.hpp"
 #include "recycling_matrix.hpp"
 #include "sampling.hpp"
+#include "suffix_automaton.hpp"
 #include "topk.hpp"
 #include "tree_layout.hpp"
 #include "tree_template.hpp"
@@ -112,6 +113,74 @@ void bind_ngram_index(nb::module_& m) {
         .def("tokens", [](const NgramIndex& self) { return to_numpy(std::vector<std::int32_t>(self.tokens())); })
         .def_prop_ro("max_n", &NgramIndex::max_n)
         .def_prop_ro("min_n", &NgramIndex::min_n);
+}
+
+nb::tuple draft_to_python(SuffixDraft&& draft) {
+    return nb::make_tuple(to_numpy(std::move(draft.tokens)), to_numpy(std::move(draft.shares)), draft.match_length,
+                          draft.occurrences);
+}
+
+void bind_suffix_automaton(nb::module_& m) {
+    nb::class_<SuffixAutomaton>(m, "SuffixAutomaton",
+                                "Online suffix automaton over token sequences (Blumer et al. 1985), drafting from\n"
+                                "the longest earlier match with occurrence counts (SAM-Decoding, SuffixDecoding).")
+        .def(nb::init<>())
+        .def(
+            "extend",
+            [](SuffixAutomaton& self, InVector<std::int32_t> tokens) {
+                nb::gil_scoped_release release;
+                self.extend(span_of(tokens));
+            },
+            "tokens"_a, "Appends tokens (ids >= 0) to the indexed text.")
+        .def("end_document", &SuffixAutomaton::end_document,
+             "Closes a document: no match crosses the boundary.")
+        .def("reset", &SuffixAutomaton::reset)
+        .def(
+            "lookup",
+            [](const SuffixAutomaton& self, std::int64_t max_len) {
+                if (max_len < 0) throw std::invalid_argument("lookup: max_len must be >= 0");
+                SuffixDraft draft;
+                {
+                    nb::gil_scoped_release release;
+                    draft = self.lookup(static_cast<std::size_t>(max_len));
+                }
+                return draft_to_python(std::move(draft));
+            },
+            "max_len"_a,
+            "(tokens, shares, match_length, occurrences): from the longest suffix of the indexed text that\n"
+            "also ends earlier in it, up to max_len tokens, each the most frequent continuation there\n"
+            "(shares: its count over all continuations); match_length 0 when no suffix repeats.")
+        .def(
+            "continuations",
+            [](const SuffixAutomaton& self) {
+                Continuations found = self.continuations();
+                return std::make_pair(to_numpy(std::move(found.tokens)), to_numpy(std::move(found.counts)));
+            },
+            "(tokens, counts) that followed the earlier occurrences of the longest repeated suffix,\n"
+            "most frequent first.")
+        .def(
+            "follow",
+            [](SuffixAutomaton& self, InVector<std::int32_t> tokens) {
+                nb::gil_scoped_release release;
+                self.follow(span_of(tokens));
+            },
+            "tokens"_a, "Walks context tokens through the automaton (the longest suffix found is kept).")
+        .def("follow_reset", &SuffixAutomaton::follow_reset)
+        .def(
+            "lookup_followed",
+            [](const SuffixAutomaton& self, std::int64_t max_len) {
+                if (max_len < 0) throw std::invalid_argument("lookup_followed: max_len must be >= 0");
+                SuffixDraft draft;
+                {
+                    nb::gil_scoped_release release;
+                    draft = self.lookup_followed(static_cast<std::size_t>(max_len));
+                }
+                return draft_to_python(std::move(draft));
+            },
+            "max_len"_a, "Like lookup, from the longest suffix of the followed tokens found in the indexed text.")
+        .def("__len__", &SuffixAutomaton::size)
+        .def_prop_ro("n_states", &SuffixAutomaton::n_states)
+        .def_prop_ro("n_documents", &SuffixAutomaton::n_documents);
 }
 
 void bind_recycling_matrix(nb::module_& m) {
@@ -223,17 +292,24 @@ void bind_trees(nb::module_& m) {
 }
 
 void bind_verification(nb::module_& m) {
-    nb::class_<Sampler>(m, "Sampler", "Seeded sampler over the target distribution (temperature, top-k, top-p).")
-        .def(nb::init<std::uint64_t>(), "seed"_a)
+    nb::class_<Sampler>(m, "Sampler",
+                        "Seeded sampler over the target distribution (temperature, top-k, top-p). Output\n"
+                        "position t is drawn with a uniform that depends only on (seed, t) (Philox4x32-10).")
+        .def(nb::init<std::uint64_t>(), "seed"_a, "seed: 0 <= seed < 2**64.")
+        .def_prop_ro("seed", &Sampler::seed)
+        .def("uniform", &Sampler::uniform, "position"_a, "The uniform in [0, 1) of output position `position`.")
         .def(
             "sample",
-            [](Sampler& self, InVector<float> logits_row, float temp, int top_k, float top_p) {
+            [](Sampler& self, InVector<float> logits_row, std::uint64_t position, float temp, int top_k,
+               float top_p) {
                 if (logits_row.shape(0) == 0) throw std::invalid_argument("sample: empty logits row");
                 nb::gil_scoped_release release;
-                return self.sample(logits_row.data(), logits_row.shape(0), sampling_params(temp, top_k, top_p));
+                return self.sample(logits_row.data(), logits_row.shape(0), sampling_params(temp, top_k, top_p),
+                                   position);
             },
-            "logits_row"_a.noconvert(), "temp"_a, "top_k"_a = 0, "top_p"_a = 1.0f,
-            "One token; temp <= 0 means arg-max. top_k <= 0 and top_p >= 1 switch those filters off.");
+            "logits_row"_a.noconvert(), "position"_a, "temp"_a, "top_k"_a = 0, "top_p"_a = 1.0f,
+            "The token at output position `position`, by inverse CDF over the distribution in token id order;\n"
+            "temp <= 0 means arg-max. top_k <= 0 and top_p >= 1 switch those filters off.");
 
     m.def(
         "verify_greedy",
@@ -250,19 +326,20 @@ void bind_verification(nb::module_& m) {
     m.def(
         "verify_sample",
         [](InVector<std::int32_t> tokens, InVector<std::int32_t> parents, InMatrix<float> logits, float temp,
-           int top_k, float top_p, Sampler& sampler) {
+           int top_k, float top_p, Sampler& sampler, std::uint64_t position) {
             if (!(temp > 0.0f)) throw std::invalid_argument("verify_sample needs temp > 0; use verify_greedy");
             VerifyResult result;
             {
                 nb::gil_scoped_release release;
                 result = verify_sample(span_of(tokens), span_of(parents), view_of(logits),
-                                       sampling_params(temp, top_k, top_p), sampler);
+                                       sampling_params(temp, top_k, top_p), sampler, position);
             }
             return std::make_pair(to_numpy(std::move(result.path)), result.bonus);
         },
-        "tokens"_a, "parents"_a, "logits"_a.noconvert(), "temp"_a, "top_k"_a, "top_p"_a, "sampler"_a,
-        "(accepted path, bonus token) by speculative sampling with recursive rejection over siblings\n"
-        "(SpecInfer); the emitted tokens follow the target distribution exactly.");
+        "tokens"_a, "parents"_a, "logits"_a.noconvert(), "temp"_a, "top_k"_a, "top_p"_a, "sampler"_a, "position"_a,
+        "(accepted path, bonus token) by sample and match: the root's logits give output position\n"
+        "`position`, each node below one more; the emitted tokens are those plain sampling draws with\n"
+        "the same sampler, and follow the target distribution exactly.");
 }
 
 // FileError -> OSError subclass chosen by errno (FileNotFoundError, PermissionError, ...).
@@ -282,6 +359,7 @@ NB_MODULE(_native, m) {
               "lossless verification.";
     nb::register_exception_translator(translate_file_error);
     bind_ngram_index(m);
+    bind_suffix_automaton(m);
     bind_recycling_matrix(m);
     bind_topk(m);
     bind_trees(m);

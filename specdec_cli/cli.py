@@ -42,9 +42,11 @@ def _mount_subcommands() -> None:
     from .cli_bench import bench
     from .cli_chat import chat
     from .cli_models import models_app
+    from .cli_history import history_app
     from .cli_tune import tune
 
     app.add_typer(models_app, name="models")
+    app.add_typer(history_app, name="history")
     app.command()(chat)
     app.command()(bench)
     app.command()(tune)
@@ -82,6 +84,7 @@ def run(
     top_p: opt.TopP = 0.95,
     seed: opt.Seed = None,
     exact: opt.Exact = None,
+    no_history: opt.NoHistory = False,
     system: opt.System = None,
     draft: opt.Draft = None,
     tree_size: opt.TreeSize = None,
@@ -108,7 +111,7 @@ def run(
     options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
                          verbose=verbose, draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep,
-                         exact=exact)
+                         exact=exact, history=not no_history)
     session = open_session(options, progress=assembly_progress(not no_progress))
     tokens = session.prompt_tokens(text, system=system, raw=raw)
 

@@ -84,7 +84,9 @@ def bench(
 
     err = Console(stderr=True, highlight=False)
     session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
-                                      temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact),
+                                      temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
+                                      # a method must not draft from what another one generated
+                                      history=False),
                            progress=assembly_progress(not no_progress))
     show_progress = not no_progress and sys.stderr.isatty()
     try:

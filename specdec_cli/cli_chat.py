@@ -81,6 +81,8 @@ def chat(
     top_k: opt.TopK = 40,
     top_p: opt.TopP = 0.95,
     seed: opt.Seed = None,
+    exact: opt.Exact = None,
+    no_history: opt.NoHistory = False,
     max_tokens: opt.MaxTokens = 512,
     quiet: Quiet = False,
     verbose: opt.Verbose = False,
@@ -95,7 +97,8 @@ def chat(
     options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
                          verbose=verbose,
                          draft=draft, tree_size=tree_size, draft_len=draft_len,
-                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed)
+                         temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
+                         history=not no_history)
     session = open_session(options, progress=assembly_progress(interactive))
     try:
         chat_session = ChatSession(session.generator, sampling=session.sampling, draft=session.draft,

@@ -86,7 +86,18 @@ Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), help="Sampli
 TopK = Annotated[int, typer.Option(envvar=_env("top-k"), min=0, max=INT32_MAX,
                                    help="Top-k filter when sampling (0 = off).")]
 TopP = Annotated[float, typer.Option(envvar=_env("top-p"), help="Nucleus filter when sampling, in (0, 1] (1 = off).")]
-Seed = Annotated[Optional[int], typer.Option(envvar=_env("seed"), help="Random seed for sampling.")]
+def _check_seed(value: Optional[int]) -> Optional[int]:
+    # The sampler keys its counter-based generator with 64 bits (native/sampling.hpp).
+    if value is not None and not 0 <= value < 1 << 64:
+        raise typer.BadParameter(f"{value} is out of range: a seed is an integer from 0 to 2^64-1 "
+                                 f"({(1 << 64) - 1})")
+    return value
+
+
+Seed = Annotated[Optional[int], typer.Option(envvar=_env("seed"), callback=_check_seed,
+                                             help="Random seed for sampling, 0 to 2^64-1; the same seed gives the "
+                                                  "same text with every --draft mode. Default: a random one, "
+                                                  "shown in --json stats.")]
 Exact = Annotated[Optional[bool], typer.Option("--exact/--no-exact", envvar=_env("exact"), show_default=False,
                                                help="Exact engine mode: speculative output bit-identical to plain "
                                                     "decoding, at the cost of slower kernels. Default: the fast mode "
@@ -101,6 +112,9 @@ Stop = Annotated[Optional[list[str]], typer.Option("--stop", envvar=_env("stop")
                                                         "whitespace).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", envvar=_env("verbose"),
                                        help="Show llama.cpp's own log on stderr.")]
+NoHistory = Annotated[bool, typer.Option("--no-history", envvar=_env("no-history"),
+                                         help="Neither draft from nor add to this model's history of earlier "
+                                              "prompts and outputs (`specdec history`).")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", envvar=_env("no-progress"),
                                           help="No progress bars.")]
 Prefill = Annotated[str, typer.Option(envvar=_env("prefill"), callback=_choice(PREFILL_CHOICES),

@@ -1,15 +1,23 @@
-"""Model-free drafting: prompt lookup (n-gram) and Token Recycling, over the native core.
+"""Model-free drafting over the native core: chains copied from earlier text, and Token
+Recycling trees.
 
-A draft is a tree rooted at the last accepted token (not yet in the KV cache). `ngram`
-drafts a chain copied from an earlier occurrence of the context's suffix (Saxena 2023,
-Prompt Lookup Decoding); `recycling` reads a tree out of the adjacency matrix of
-candidate successors that the model itself ranked highest the last time it saw each token
-(Luo et al. 2024, Token Recycling); `hybrid` grafts the n-gram chain onto that tree.
+A draft is a tree rooted at the last accepted token (not yet in the KV cache).
+- `ngram` drafts a chain from the most recent earlier occurrence of the context's last
+  1-4 tokens (Saxena 2023, Prompt Lookup Decoding).
+- `suffix` drafts a chain from the longest suffix of the context that occurred before, in
+  the context or in the history of earlier runs (a suffix automaton: SAM-Decoding, Hu et
+  al. 2024), following the most frequent continuation (SuffixDecoding, Oliaro et al.
+  2024); its match length and agreement say how far to trust it.
+- `recycling` reads a tree out of the adjacency matrix of candidate successors that the
+  model itself ranked highest the last time it saw each token (Luo et al. 2024, Token
+  Recycling); `hybrid` grafts the n-gram chain onto that tree.
+- `auto` lets the policy (policy.py) choose, each step, how much of a suffix chain and of
+  a recycling tree to verify, nothing included.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +25,30 @@ import numpy as np
 from . import _native as nat
 from .paths import write_cache_file
 
-DRAFT_MODES = ("none", "ngram", "recycling", "hybrid", "auto")
+DRAFT_MODES = ("none", "ngram", "suffix", "recycling", "hybrid", "auto")
 MATRIX_K = 8
+NGRAM_MAX_N = 4
+# Where each mode's chain comes from, and whether it grows a recycling tree.
+CHAIN_SOURCE = {"none": None, "ngram": "ngram", "suffix": "suffix", "recycling": None, "hybrid": "ngram",
+                "auto": "suffix"}
+USES_TREE = {"recycling", "hybrid", "auto"}
 
 
 @dataclass
 class DraftSettings:
     mode: str = "none"
-    tree_size: int = 32  # recycling tree nodes, root included
-    draft_len: int = 8  # longest n-gram continuation drafted
-    ngram_max_n: int = 4
+    tree_size: int = 16  # recycling tree nodes, root included
+    draft_len: int = 32  # longest chain drafted
 
-    @property
-    def uses_matrix(self) -> bool:
-        return self.mode in ("recycling", "hybrid", "auto")
 
-    @property
-    def uses_ngram(self) -> bool:
-        return self.mode in ("ngram", "hybrid", "auto")
+@dataclass
+class Lookup:
+    """A chain proposed for the next step and the evidence behind it."""
+
+    tokens: np.ndarray  # int32, the chain
+    match_length: int = 0  # tokens of the context suffix that matched (0: no match)
+    agreement: float = 1.0  # share of earlier occurrences that continued with the first token
+    origin: str = ""  # "context" | "history" ("" without a match)
 
 
 @dataclass
@@ -42,53 +56,79 @@ class DraftTree:
     tokens: np.ndarray  # int32 [n], node 0 = root
     parents: np.ndarray  # int32 [n], -1 for the root, topological order
     depth: int  # depth of the deepest node (0 for a lone root)
-    ngram_match: int  # length of the n-gram that matched (0 = none), a confidence signal
 
     @property
     def size(self) -> int:
         return len(self.tokens)
 
 
-class Drafter:
-    """Keeps the context index and the recycling matrix; proposes one tree per step."""
+@dataclass
+class _Indexes:
+    """The current context, indexed both ways."""
 
-    def __init__(self, n_vocab: int, settings: DraftSettings, matrix: nat.RecyclingMatrix | None = None):
-        self.settings = settings
-        self.index = nat.NgramIndex(max_n=settings.ngram_max_n, min_n=1)
+    ngram: nat.NgramIndex = field(default_factory=lambda: nat.NgramIndex(max_n=NGRAM_MAX_N, min_n=1))
+    suffix: nat.SuffixAutomaton = field(default_factory=nat.SuffixAutomaton)
+
+
+NO_LOOKUP = Lookup(np.zeros(0, dtype=np.int32))
+
+
+class Drafter:
+    """Keeps the context indexes, the history automaton and the recycling matrix; proposes
+    one tree per step."""
+
+    def __init__(self, n_vocab: int, matrix: nat.RecyclingMatrix | None = None,
+                 history: nat.SuffixAutomaton | None = None):
+        self.context = _Indexes()
+        self.history = history
         self.matrix = matrix if matrix is not None else nat.RecyclingMatrix(n_vocab, MATRIX_K)
         self._templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._empty = np.zeros(0, dtype=np.int32)
 
     def reset_context(self) -> None:
-        self.index.reset()
+        self.context.ngram.reset()
+        self.context.suffix.reset()
+        if self.history is not None:
+            self.history.follow_reset()
 
     def observe(self, tokens: np.ndarray) -> None:
-        """Append accepted tokens (the root included) to the n-gram index."""
-        self.index.extend(np.ascontiguousarray(tokens, dtype=np.int32))
+        """Append accepted tokens (the root included) to the context."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        self.context.ngram.extend(tokens)
+        self.context.suffix.extend(tokens)
+        if self.history is not None:
+            self.history.follow(tokens)
 
     def template(self, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
         if n_nodes not in self._templates:
             self._templates[n_nodes] = nat.tree_template(n_nodes, MATRIX_K)
         return self._templates[n_nodes]
 
-    def lookup(self, max_len: int) -> tuple[np.ndarray, int]:
-        if max_len <= 0:
-            return self._empty, 0
-        return self.index.lookup(max_len)
+    def lookup(self, source: str | None, max_len: int) -> Lookup:
+        """The chain the source proposes after the context: `ngram`, or `suffix` (the
+        longer of the context's and the history's matches; the context's on a tie)."""
+        if source is None or max_len <= 0:
+            return NO_LOOKUP
+        if source == "ngram":
+            tokens, n = self.context.ngram.lookup(max_len)
+            return Lookup(tokens, n, 1.0, "context" if n else "")  # no counts: taken as unanimous
+        best = _suffix_lookup(self.context.suffix.lookup(max_len), "context")
+        if self.history is not None:
+            other = _suffix_lookup(self.history.lookup_followed(max_len), "history")
+            if other.match_length > best.match_length and len(other.tokens):
+                best = other
+        return best
 
-    def draft(self, root: int, mode: str, tree_size: int, draft_len: int) -> DraftTree:
-        """A draft tree of at most `tree_size` recycling nodes plus `draft_len` chain nodes."""
-        if mode == "none" or (tree_size <= 1 and draft_len <= 0):
-            return single_node_tree(root)  # plain decoding: no lookup (most `auto` steps)
-        chain, match = self.lookup(draft_len) if mode in ("ngram", "hybrid") else (self._empty, 0)
-        if mode in ("recycling", "hybrid") and tree_size > 1:
+    def draft(self, root: int, chain: np.ndarray, tree_size: int) -> DraftTree:
+        """A tree of at most `tree_size` recycling nodes (1: none) with `chain` grafted
+        onto the root."""
+        if tree_size > 1:
             parents, ranks = self.template(tree_size)
             tokens, tree_parents, depth = nat.build_tree(root, self.matrix, parents, ranks, chain)
         elif len(chain):
             tokens, tree_parents, depth = nat.build_tree(root, None, *self.template(1), chain)
         else:
-            return single_node_tree(root)
-        return DraftTree(tokens, tree_parents, int(depth.max()), match)
+            return single_node_tree(root)  # plain decoding: most `auto` steps
+        return DraftTree(tokens, tree_parents, int(depth.max()))
 
     def learn(self, tree_tokens: np.ndarray, topk_ids: np.ndarray) -> None:
         """Token Recycling's update: every verified node's row becomes the model's top-k
@@ -99,6 +139,13 @@ class Drafter:
         write_cache_file(path, lambda tmp: self.matrix.save(str(tmp)))
 
 
+def _suffix_lookup(found, origin: str) -> Lookup:
+    tokens, shares, match_length, _ = found
+    if not len(tokens):
+        return Lookup(tokens, int(match_length), 0.0, "")
+    return Lookup(tokens, int(match_length), float(shares[0]), origin)
+
+
 def single_node_tree(root: int) -> DraftTree:
     """Plain decoding as a tree: the root alone."""
-    return DraftTree(np.array([root], dtype=np.int32), np.array([-1], dtype=np.int32), 0, 0)
+    return DraftTree(np.array([root], dtype=np.int32), np.array([-1], dtype=np.int32), 0)

@@ -19,9 +19,10 @@ from typing import Callable
 import numpy as np
 
 from . import _native as nat
-from .drafting import DRAFT_MODES, MATRIX_K, DraftSettings, Drafter, DraftTree
+from .drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter, DraftTree
 from .errors import SpecdecError, UsageError
 from .exactness import exactness_rule
+from .history import History
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
 from .metrics import decode_rate, tokens_per_step
 from .prefill.backend import open_prefiller, prefill_with_fallback
@@ -101,6 +102,9 @@ class GenerationStats:
     tree_size: int = 1
     draft_len: int = 0
     accept_rate_by_depth: list[float] = field(default_factory=list)
+    # Steps that verified a copied chain, by where it was found: "context" (this prompt and
+    # output) or "history" (earlier runs' prompts and outputs).
+    chains_from: dict[str, int] = field(default_factory=dict)
     draft_ms: float = 0.0
     decode_ms: float = 0.0
     verify_ms: float = 0.0
@@ -180,7 +184,7 @@ class Generator:
 
     def __init__(self, model_path: Path, config: EngineConfig | None = None, *,
                  chat_template: str | None = None, matrix_path: Path | None = None,
-                 policy: SpeculationPolicy | None = None):
+                 policy: SpeculationPolicy | None = None, history: History | None = None):
         self.config = config or EngineConfig()
         default_k, default_v = default_kv_types(self.config.exact)
         self.config.kv_k = self.config.kv_k or default_k
@@ -209,7 +213,8 @@ class Generator:
         self._logits = np.zeros((self.config.n_batch, self.model.n_vocab), dtype=np.float32)
         self._all_seqs = np.arange(self.config.n_seq_max, dtype=np.int32)
         self._kv_tokens: list[int] = []  # tokens whose KV cells are in every shared sequence
-        self.drafter = Drafter(self.n_vocab, DraftSettings(), self._load_matrix())
+        self.drafter = Drafter(self.n_vocab, self._load_matrix())
+        self.history = history  # earlier prompts and outputs: drafted from, and added to
         self.prefiller = open_prefiller(self.model_path, self.config.prefill, self.config.ep,
                                         n_threads=self.ctx.n_threads, kv_types=(self.config.kv_k, self.config.kv_v),
                                         warn=_warn)
@@ -270,11 +275,18 @@ class Generator:
         t0 = time.perf_counter()
         n_past = self._prefill(prompt, stats)
         stats.prefill_s = time.perf_counter() - t0
+        if self.history is not None and CHAIN_SOURCE[draft.mode] == "suffix":
+            t_history = time.perf_counter()
+            self.drafter.history = self.history.automaton_for(prompt)
+            stats.draft_ms += (time.perf_counter() - t_history) * 1000
+        else:
+            self.drafter.history = None
         self.drafter.reset_context()
         self.drafter.observe(prompt)
         root = int(prompt[-1])
         deferred: list[int] = []  # verified tokens whose KV cells are written in the next step
         policy = self._auto_policy(tree_size, draft_len) if draft.mode == "auto" else None
+        chain_source = CHAIN_SOURCE[draft.mode]
         t_decode = time.perf_counter()
         try:
             while len(out) < max_tokens:
@@ -282,15 +294,19 @@ class Generator:
                 if room < 1:
                     finish = "context"
                     break
-                step_tree, step_chain = tree_size, draft_len
+                found = self.drafter.lookup(chain_source, draft_len)
+                step_tree, step_chain = tree_size, len(found.tokens)
                 if policy is not None:
-                    choice = policy.choose(*self.drafter.lookup(draft_len), n_deferred=len(deferred))
+                    choice = policy.choose(found.tokens, found.match_length, n_deferred=len(deferred),
+                                           agreement=found.agreement)
                     step_tree, step_chain = choice.tree_size, choice.draft_len
                 rows = min(room, self.config.n_batch - len(deferred))  # one batch holds the deferred tokens too
                 step_tree = min(step_tree, rows)
-                step_chain = min(step_chain, max(0, rows - step_tree))
-                step = self._step(deferred, root, n_past, draft.mode, step_tree, step_chain, sampling, sampler, stats,
+                chain = found.tokens[:min(step_chain, max(0, rows - step_tree))]
+                step = self._step(deferred, root, n_past, draft.mode, step_tree, chain, sampling, sampler, stats,
                                   position=len(out))
+                if len(chain):
+                    stats.chains_from[found.origin] = stats.chains_from.get(found.origin, 0) + 1
                 if policy is not None:
                     policy.observe(step.accepted)
                 n_past += len(step.committed)
@@ -325,6 +341,11 @@ class Generator:
         finally:
             text.finish()
             stats.decode_s = time.perf_counter() - t_decode
+        if self.history is not None:
+            # One document: the prompt's new part and its answer, so that a prompt seen
+            # again finds the answer it had (and is found by its shared text).
+            self.history.add([np.concatenate([prompt[len(prompt) - stats.n_prompt_prefilled:],
+                                              np.array(out, dtype=np.int32)])])
         stats.n_generated = len(out)
         # As llama-server counts it: its first token comes out of the prompt's pass, ours
         # out of the first step (the last prompt token, decoded as the root).
@@ -367,12 +388,9 @@ class Generator:
         return self.policy
 
     def _resolve_sizes(self, draft: DraftSettings) -> tuple[int, int]:
-        """Tree nodes (root included) and n-gram chain length for a mode."""
-        mode = draft.mode
-        if mode == "auto":
-            mode = "hybrid"
-        tree = draft.tree_size if mode in ("recycling", "hybrid") else 1
-        chain = draft.draft_len if mode in ("ngram", "hybrid") else 0
+        """Tree nodes (root included) and chain length for a mode (for `auto`: the caps)."""
+        tree = draft.tree_size if draft.mode in USES_TREE else 1
+        chain = draft.draft_len if CHAIN_SOURCE[draft.mode] else 0
         if tree < 1 or chain < 0:
             raise UsageError("--tree-size must be >= 1 and --draft-len >= 0")
         if tree + chain > self.config.n_batch:
@@ -408,15 +426,14 @@ class Generator:
         stats.n_prompt_prefilled = len(body) - keep + 1
         return len(body)
 
-    def _step(self, deferred: list[int], root: int, n_past: int, mode: str, tree_size: int, draft_len: int,
+    def _step(self, deferred: list[int], root: int, n_past: int, mode: str, tree_size: int, chain: np.ndarray,
               sampling: SamplingParams, sampler, stats: GenerationStats, position: int) -> "_StepOutcome":
         """One verification step: draft, decode the tree (after the deferred tokens), walk
         it, keep the cells of the accepted path and drop the rest. `position` is the output
         position the root's logits predict (tokens generated so far): sampling draws each
         position with its own random number, so the text does not depend on the tree."""
         t0 = time.perf_counter()
-        draft_mode = "hybrid" if mode == "auto" else mode
-        tree = self.drafter.draft(root, draft_mode, tree_size, draft_len)
+        tree = self.drafter.draft(root, chain, tree_size)
         root_past = n_past + len(deferred)
         pos, seq_ids, n_seq_id, leaf_seq = nat.layout_tree(tree.parents, root_past, self.config.n_seq_max)
         # The root is always accepted: give it every shared sequence so that plain steps

@@ -68,6 +68,11 @@ SPECULATION_MARGIN = 1.10
 LOCAL_WEIGHT = 12.0
 MAX_DEPTH = 64
 MAX_STREAK = 2
+# A match whose earlier occurrences all continued the same way is a better bet than one
+# where they split (SuffixDecoding scores candidates by such frequencies): the two are
+# kept apart. Split matches start from a lower prior.
+UNANIMOUS = 0.99
+SPLIT_PRIOR_FACTOR = 0.7
 
 
 @dataclass
@@ -182,7 +187,7 @@ class _MeanStat:
 @dataclass
 class _Shadow:
     chain: list[int]
-    bucket: tuple[int, int]
+    bucket: tuple[int, bool, int]
     matched: int = 0
 
 
@@ -196,10 +201,11 @@ class SpeculationPolicy:
         self.measured = measured
         self._costs: list[float] = []  # step cost by row count, filled on demand
         self._draft_overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
-        # Keyed by (match-length bucket, how many steps in a row (0, 1, 2+) the lookup
-        # predicted the token the model then produced): inside a passage being copied both
-        # are high.
-        self.ngram = {(n, streak): _DepthStats(prior) for n, prior in MATCH_PRIOR_ACCEPT.items()
+        # Keyed by (match-length bucket, whether the earlier occurrences agreed, how many
+        # steps in a row (0, 1, 2+) the lookup predicted the token the model then
+        # produced): inside a passage being copied all three are high.
+        self.ngram = {(n, unanimous, streak): _DepthStats(prior if unanimous else prior * SPLIT_PRIOR_FACTOR)
+                      for n, prior in MATCH_PRIOR_ACCEPT.items() for unanimous in (True, False)
                       for streak in range(MAX_STREAK + 1)}
         self._streak = 0
         self.trees = {t: _MeanStat(_recycling_prior(t)) for t in TREE_SIZES}
@@ -221,12 +227,14 @@ class SpeculationPolicy:
         for stats in self.ngram.values():
             stats.reset_local()
 
-    def choose(self, chain: np.ndarray, match_n: int, n_deferred: int = 0) -> Choice:
+    def choose(self, chain: np.ndarray, match_n: int, n_deferred: int = 0, agreement: float = 1.0) -> Choice:
         """The option with the most expected tokens per ms for this step, given the
-        drafter's lookup (continuation `chain`, suffix match length `match_n`; empty/0 =
-        no match)."""
+        drafter's lookup (continuation `chain`, suffix match length `match_n`, the share of
+        earlier occurrences that continued with the chain's first token; empty/0 = no
+        match)."""
         chain_tokens = [int(t) for t in chain[:self.max_chain]]
-        bucket = (match_bucket(match_n), min(self._streak, MAX_STREAK)) if chain_tokens else None
+        bucket = (match_bucket(match_n), agreement >= UNANIMOUS, min(self._streak, MAX_STREAK)) \
+            if chain_tokens else None
         if bucket:
             self._shadows.append(_Shadow(chain_tokens, bucket))
         gains = self.ngram[bucket].expected_accepted(len(chain_tokens)) if bucket else [0.0]
@@ -276,8 +284,9 @@ class SpeculationPolicy:
 
     def summary(self) -> dict:
         return {"steps": dict(self.steps_by_kind), "measured_curve": self.measured,
-                "match_accept_by_depth": {f"n>={n},streak={k}": [round(s.rate(d), 3) for d in range(4)]
-                                          for (n, k), s in self.ngram.items()},
+                "match_accept_by_depth": {f"n>={n},{'unanimous' if u else 'split'},streak={k}":
+                                          [round(s.rate(d), 3) for d in range(4)]
+                                          for (n, u, k), s in self.ngram.items()},
                 "tree_mean_accepted": {t: round(s.mean(), 3) for t, s in self.trees.items()}}
 
     def _costs_up_to(self, rows: int) -> list[float]:

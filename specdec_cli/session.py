@@ -11,6 +11,7 @@ from .drafting import DraftSettings
 from .cli_options import KV_CHOICES
 from .errors import SpecdecError, UsageError
 from .generator import EngineConfig, Generator, SamplingParams, default_kv_types
+from .history import History, history_path
 from .gguf_file import check_gguf, file_sha256
 from .paths import cache_dir
 from .devices import device_fingerprint
@@ -45,6 +46,7 @@ class RunOptions:
     prefill: str = "auto"
     ep: str | None = None
     exact: bool | None = None  # None: the model's models.toml default, else the fast mode
+    history: bool = True  # draft from, and add to, this model's history of earlier runs
 
 
 @dataclass
@@ -112,7 +114,8 @@ def open_session(options: RunOptions, progress: Progress | None = None) -> Sessi
     try:
         generator = Generator(resolved.path, config,
                               chat_template=info.chat_template or (entry.chat_template if entry else None),
-                              matrix_path=matrix)
+                              matrix_path=matrix,
+                              history=History(history_path(file_sha256(resolved.path))) if options.history else None)
     except SpecdecError as exc:
         if "failed to create a context" not in str(exc) or not {kv_k, kv_v} - UNQUANTIZED_KV:
             raise

@@ -100,7 +100,7 @@ def test_policy_stops_speculating_when_this_generation_keeps_missing() -> None:
 def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int) -> tuple[int, int]:
     """Every (tree, chain length) option scored without pruning: the reference for choose()."""
     chain = chain[:policy.max_chain]
-    stats = policy.ngram[(match_bucket(match_n), min(policy._streak, pol.MAX_STREAK))] if len(chain) else None
+    stats = policy.ngram[(match_bucket(match_n), True, min(policy._streak, pol.MAX_STREAK))] if len(chain) else None
     gains = stats.expected_accepted(len(chain)) if stats else [0.0]
     first_hit = stats.rate(0) if stats else 0.0
 
