@@ -71,7 +71,8 @@ class ChatTotals:
 
 class ChatSession:
     def __init__(self, generator: Generator, *, sampling: SamplingParams, draft: DraftSettings,
-                 max_tokens: int = 512, system: str | None = None):
+                 max_tokens: int = 512, system: str | None = None,
+                 open_engine: Callable[[bool], Generator] | None = None):
         if max_tokens <= 0:
             raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
         self.generator = generator
@@ -82,6 +83,7 @@ class ChatSession:
         self.totals = ChatTotals()
         self.context_tokens = 0  # tokens in the context after the last reply
         self._history: _TokenizedHistory | None = None
+        self._open_engine = open_engine  # exact -> a Generator on that engine (the old one is done with)
 
     @property
     def n_ctx(self) -> int:
@@ -103,6 +105,16 @@ class ChatSession:
         if mode not in DRAFT_MODES:
             raise UsageError(f"unknown draft mode {mode!r} (choose from {', '.join(DRAFT_MODES)})")
         self.draft.mode = mode
+
+    def set_exact(self, exact: bool) -> None:
+        """Continue the conversation on the exact or the fast engine (`/exact on|off`): the
+        next reply prefills the whole conversation into the new engine's empty cache."""
+        if exact == self.generator.config.exact:
+            return
+        if self._open_engine is None:
+            raise SpecdecError("this chat was opened without a way to switch engines")
+        self.generator = self._open_engine(exact)
+        self._history = None
 
     # ---- replying ------------------------------------------------------------------
 

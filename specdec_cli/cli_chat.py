@@ -7,6 +7,7 @@ after each reply. With stdin piped: one message per line, replies printed plainl
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ HELP = """\
 /help          this list
 /reset         forget the conversation (the system prompt stays)
 /system TEXT   set the system prompt (no TEXT: remove it)
-/draft MODE    drafting: none | ngram | recycling | hybrid | auto
+/draft MODE    drafting: none | ngram | suffix | recycling | hybrid | auto
+/exact on|off  the exact engine (bit-identical to plain decoding) or the fast one
 /stats         statistics of the last reply and of the whole chat
 /save FILE     save the conversation (.json or .md)
 /exit          leave (also Ctrl-D, or Ctrl-C at the prompt)
@@ -99,16 +101,23 @@ def chat(
                          draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
                          history=not no_history)
-    session = open_session(options, progress=assembly_progress(interactive))
+    sessions = [open_session(options, progress=assembly_progress(interactive))]
+    session = sessions[0]
+
+    def open_engine(exact: bool):
+        sessions[-1].close()
+        sessions.append(open_session(dataclasses.replace(options, exact=exact)))
+        return sessions[-1].generator
+
     try:
         chat_session = ChatSession(session.generator, sampling=session.sampling, draft=session.draft,
-                                   max_tokens=max_tokens, system=system)
+                                   max_tokens=max_tokens, system=system, open_engine=open_engine)
         if interactive:
             _interactive_loop(chat_session, session.alias, screen)
         else:
             _piped_loop(chat_session, session.alias, screen)
     finally:
-        session.close()
+        sessions[-1].close()
 
 
 def _interactive_loop(chat_session, alias: str, screen: _Screen) -> None:
@@ -219,6 +228,13 @@ def _command(message: str, chat_session, alias: str, screen: _Screen) -> None:
             screen.notice(f"error: {exc}")
             return
         screen.info(f"draft mode: {arg}")
+    elif name == "/exact":
+        if arg not in ("on", "off"):
+            exact = chat_session.generator.config.exact
+            screen.info(f"engine: {'exact' if exact else 'fast'} (/exact on|off switches)")
+            return
+        chat_session.set_exact(arg == "on")
+        screen.info(f"engine: {'exact' if arg == 'on' else 'fast'}")
     elif name == "/stats":
         _show_stats(chat_session, alias, screen)
     elif name == "/save":

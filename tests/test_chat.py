@@ -50,6 +50,19 @@ def test_chat_in_a_terminal(specdec_env: dict[str, str], tmp_path: Path) -> None
     assert (Path(specdec_env["SPECDEC_DATA_DIR"]) / "chat_history").read_text().count("And of Italy?") == 1
 
 
+def test_exact_switches_the_engine_and_keeps_the_conversation(specdec_env: dict[str, str], tmp_path: Path) -> None:
+    child = _spawn(["--draft", "none", "--max-tokens", "12"], specdec_env, tmp_path)
+    assert "engine: fast" in _say(child, "/exact")
+    assert "Paris" in _say(child, "What is the capital of France?")
+    assert "engine: exact" in _say(child, "/exact on")
+    assert "Rome" in _say(child, "And of Italy?")  # the conversation carried over to the new engine
+    assert "2 turn(s)" in _say(child, "/stats")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 def test_ctrl_c_stops_the_reply_and_keeps_it(specdec_env: dict[str, str], tmp_path: Path) -> None:
     child = _spawn(["--draft", "none", "--max-tokens", "3000", "--quiet"], specdec_env, tmp_path)
     try:
