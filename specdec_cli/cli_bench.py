@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from . import cli_options as opt
+from .console import stderr_console, stdout_console
 from .errors import UsageError
 
 Methods = Annotated[str, typer.Option(envvar="SPECDEC_METHODS",
-                                      help="Comma-separated: none, ngram[:LEN], recycling[:TREE], hybrid[:TREE[:LEN]], "
+                                      help="Comma-separated: none, ngram[:LEN], suffix[:LEN], recycling[:TREE], hybrid[:TREE[:LEN]], "
                                            "auto[:TREE[:LEN]], control (plain decoding again: the noise floor), "
                                            "server[:SPEC_TYPE] (llama-server), lcp, lcp-pld[:N] (llama-cpp-python).")]
 Prompts = Annotated[Optional[str], typer.Option(help="Prompt set: spec-bench | edits, or a JSONL file of "
@@ -82,7 +82,7 @@ def bench(
     plan = BenchPlan(prompts=chosen, methods=specs, max_tokens=max_tokens, repeat=repeat,
                      prompts_name=prompts or "spec-bench")
 
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
                                       temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
                                       # a method must not draft from what another one generated
@@ -106,7 +106,7 @@ def bench(
     if out is not None:
         write_atomic(out, render(report, fmt).encode())
     elif fmt == "table":
-        render_table(report, Console(highlight=False, soft_wrap=not sys.stdout.isatty()))
+        render_table(report, stdout_console())
     else:
         sys.stdout.write(render(report, fmt))
         sys.stdout.flush()

@@ -63,7 +63,7 @@ def test_builtin_prompts_and_selection() -> None:
 def test_method_specs() -> None:
     hybrid = methods.parse_method("hybrid:16:8")
     assert (hybrid.mode, hybrid.tree_size, hybrid.draft_len) == ("hybrid", 16, 8)
-    assert methods.parse_method("ngram:4").draft_len == 4
+    assert methods.parse_method("ngram:4").draft_len == 4 and methods.parse_method("suffix:24").draft_len == 24
     assert methods.parse_method("lcp-pld:2").num_pred_tokens == 2
     assert methods.parse_method("server:ngram-simple").spec_type == "ngram-simple"
     assert [m.name for m in methods.parse_methods("ngram")] == ["none", "ngram"]  # baseline added

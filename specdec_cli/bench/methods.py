@@ -1,6 +1,6 @@
 """What `--methods` names: our draft modes, and the peers each family is paired with.
 
-Ours: `none`, `ngram[:DRAFT_LEN]`, `recycling[:TREE_SIZE]`, `hybrid[:TREE_SIZE[:DRAFT_LEN]]`,
+Ours: `none`, `ngram[:DRAFT_LEN]`, `suffix[:DRAFT_LEN]`, `recycling[:TREE_SIZE]`, `hybrid[:TREE_SIZE[:DRAFT_LEN]]`,
 `auto[:TREE_SIZE[:DRAFT_LEN]]` (missing numbers: the session defaults) and `control` (plain
 decoding timed again as a method of its own: an A/A test whose true speedup is 1.00x).
 Peers: `server` / `server:SPEC_TYPE` — llama.cpp's `llama-server` without / with
@@ -57,9 +57,9 @@ def parse_method(name: str) -> MethodSpec:
     if head in ("none", "control"):
         _numbers(name, params, 0)
         return MethodSpec(name, "specdec", "none")
-    if head == "ngram":
+    if head in ("ngram", "suffix"):
         (draft_len,) = _numbers(name, params, 1) or [None]
-        return MethodSpec(name, "specdec", "ngram", draft_len=draft_len)
+        return MethodSpec(name, "specdec", head, draft_len=draft_len)
     if head == "recycling":
         (tree_size,) = _numbers(name, params, 1) or [None]
         return MethodSpec(name, "specdec", "recycling", tree_size=tree_size)
@@ -76,7 +76,7 @@ def parse_method(name: str) -> MethodSpec:
         if len(params) > 1 or (params and not params[0]):
             raise UsageError(f"method {name!r}: use server:SPEC_TYPE, e.g. server:ngram-simple")
         return MethodSpec(name, "server", params[0] if params else "none", spec_type=params[0] if params else None)
-    raise UsageError(f"unknown method {head!r} (choose from none, ngram, recycling, hybrid, auto, control, "
+    raise UsageError(f"unknown method {head!r} (choose from none, ngram, suffix, recycling, hybrid, auto, control, "
                      "server, server:SPEC_TYPE, lcp, lcp-pld:N)")
 
 
