@@ -157,10 +157,15 @@ class Registry:
             entry = self.find(name_or_path)
             if entry is not None:
                 return ResolvedModel(entry.alias, local_model_file(entry, progress), entry)
-        candidate = Path(name_or_path).expanduser()
-        if candidate.is_file():
+        try:
+            candidate = Path(name_or_path).expanduser()
+            is_file, is_dir = candidate.is_file(), candidate.is_dir()
+        except (OSError, RuntimeError) as error:  # a name too long for a path, ~unknown-user
+            raise UsageError(f"{name_or_path[:80]!r} is neither a registry alias nor a usable path: "
+                             f"{getattr(error, 'strerror', None) or error}") from None
+        if is_file:
             return ResolvedModel(name_or_path, candidate, _path_entry(candidate))
-        if candidate.is_dir():
+        if is_dir:
             raise UsageError(f"{name_or_path} is a directory, not a .gguf file")
         if _looks_like_path(name_or_path):
             raise UsageError(f"model file not found: {name_or_path}")

@@ -75,8 +75,8 @@ class OnnxPrefiller:
     def __init__(self, model_path: Path, *, ep: str | None = "auto", chunk: int = DEFAULT_CHUNK,
                  quant: str = "fp32", n_threads: int | None = None, static_past: int | None = None):
         self.model_path = Path(model_path)
+        self.provider: ExecutionProvider = choose_provider(ep)  # first: reading the GGUF takes seconds
         self.spec: ModelSpec = check_supported(self.model_path)
-        self.provider: ExecutionProvider = choose_provider(ep)
         self.chunk = chunk
         self.quant = quant
         # NPUs compile one static shape: the past is padded to this length and masked.
