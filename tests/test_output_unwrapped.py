@@ -26,8 +26,9 @@ def test_stats_line_is_one_line_in_a_log(run_specdec) -> None:
 def test_devices_lines_stay_whole_in_a_file(run_specdec) -> None:
     result = run_specdec("devices")
     assert result.returncode == 0, result.stderr
+    info = json.loads(run_specdec("devices", "--json").stdout)["llama_system_info"]
     llama_line = next(line for line in result.stdout.splitlines() if line.startswith("llama.cpp"))
-    assert len(llama_line) > 80 and llama_line.rstrip().endswith("= 1"), result.stdout
+    assert info in llama_line, result.stdout  # 150+ characters on an x86 build, in one line
 
 
 def test_tune_show_lines_stay_whole_in_a_file(run_specdec, tmp_path: Path) -> None:

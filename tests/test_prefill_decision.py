@@ -1,0 +1,62 @@
+"""`--prefill onnx` decides before building anything, and names real flags (issue 18): a
+quantized KV cache is known up front, and the ONNX graph (hundreds of MB) is exported only
+for a prompt long enough to use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specdec_cli.prefill import PrefillUnavailable
+from specdec_cli.prefill.backend import open_prefiller
+from specdec_cli.prefill.kv_handoff import to_cache_type
+from specdec_cli.prefill.onnx_prefill import exported_graph_path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("kv_types", [("f16", "q8_0"), ("q4_0", "q4_0")])
+def test_quantized_kv_cache_is_refused_before_any_export(smollm2_gguf: Path, cache: Path, kv_types) -> None:
+    warnings: list[str] = []
+    assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=kv_types, warn=warnings.append) is None
+    assert len(warnings) == 1 and "--kv-cache f16" in warnings[0], warnings
+    assert not (cache / "onnx").exists()
+
+
+def test_graph_is_exported_only_when_a_prompt_needs_it(smollm2_gguf: Path, cache: Path) -> None:
+    prefiller = open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=("f16", "f16"))
+    assert prefiller is not None
+    assert not exported_graph_path(smollm2_gguf).exists() and not (cache / "onnx").exists()
+
+
+def test_handoff_error_names_a_real_flag() -> None:
+    from specdec_cli.prefill.kv_handoff import GGML_TYPE_F16
+
+    with pytest.raises(PrefillUnavailable) as caught:
+        to_cache_type(np.zeros(4, dtype=np.float32), GGML_TYPE_F16 + 100)
+    assert "--kv-cache f16" in str(caught.value) and "--kv f16" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_run_with_onnx_prefill_and_a_short_prompt_builds_nothing(run_specdec, tmp_path: Path) -> None:
+    cache = tmp_path / "fresh-cache"
+    result = run_specdec("run", "hi", "--prefill", "onnx", "--max-tokens", "2", SPECDEC_CACHE_DIR=str(cache))
+    assert result.returncode == 0, result.stderr
+    assert not (cache / "onnx").exists()
+    quantized = run_specdec("run", "hi", "--prefill", "onnx", "--kv-cache", "q8_0", "--max-tokens", "2",
+                            SPECDEC_CACHE_DIR=str(cache))
+    assert quantized.returncode == 0, quantized.stderr
+    assert "--kv-cache f16" in quantized.stderr and not (cache / "onnx").exists()
+
+
+def test_cli_choices_are_the_backends() -> None:
+    from specdec_cli.cli_options import PREFILL_CHOICES
+    from specdec_cli.prefill.backend import PREFILL_MODES
+
+    assert PREFILL_CHOICES == PREFILL_MODES
