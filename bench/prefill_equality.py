@@ -1,5 +1,5 @@
 """ONNX prefill vs llama.cpp prefill: equality of the first logits and of the greedy
-continuation, and prefill speed (DESIGN.md section 7, issue 8).
+continuation, and prefill speed (docs/DESIGN.md, NPU prefill; issue 8).
 
 For each shipped model and each prompt (Spec-Bench prompts of 100-1500 tokens, rendered
 with the model's chat template), the prompt body is prefilled (a) by llama.cpp with the

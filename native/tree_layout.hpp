@@ -1,4 +1,4 @@
-// Batch layout for verifying a whole draft tree in one llama_decode (DESIGN.md section 3).
+// Batch layout for verifying a whole draft tree in one llama_decode (docs/DESIGN.md, Verifying a tree in llama.cpp).
 // Every root-to-leaf branch gets its own sequence id and every node carries the ids of
 // all branches through it, so a node attends to exactly its ancestors: the cells it can
 // see in a unified KV cache are those sharing a sequence id with it at lower positions.

@@ -173,7 +173,7 @@ def devices(as_json: opt.Json = False) -> None:
 def main() -> None:
     _mount_subcommands()
     try:
-        # Not standalone: click would turn Ctrl-C into "Aborted!" and exit 1; CLI.md wants 130.
+        # Not standalone: click would turn Ctrl-C into "Aborted!" and exit 1; the README gives 130.
         code = app(standalone_mode=False)
     except SpecdecError as exc:
         stderr_console().print(f"[red]error:[/red] {escape(str(exc))}")

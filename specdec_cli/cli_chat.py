@@ -161,7 +161,7 @@ def _piped_loop(chat_session, alias: str, screen: _Screen) -> None:
         except _Leave:
             return
         if interrupted:
-            raise typer.Exit(130)  # in a script, Ctrl-C stops the whole run (CLI.md exit codes)
+            raise typer.Exit(130)  # in a script, Ctrl-C stops the whole run (README exit codes)
 
 
 def _handle(message: str, chat_session, alias: str, screen: _Screen) -> bool:

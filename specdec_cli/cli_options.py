@@ -1,4 +1,4 @@
-"""Options shared by several commands (CLI.md "Shared options"), each settable through
+"""Options shared by several commands (README, "Usage"), each settable through
 an environment variable SPECDEC_<NAME>, as llama.cpp does with LLAMA_ARG_*."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .drafting import DRAFT_MODES
+from .drafting import DRAFT_MODES, DraftSettings
+from .options import KV_CHOICES
 
-KV_CHOICES = ("f16", "q8_0", "q4_0")
 PREFILL_CHOICES = ("auto", "llama", "onnx")  # prefill.backend.PREFILL_MODES, without importing onnxruntime
 # llama.cpp reserves an output row per draft-tree branch (EngineConfig.n_seq_max) in a batch
 # of at most --ctx tokens; less aborts the process. The top is sanity, far above any model's.
@@ -60,13 +60,16 @@ Model = Annotated[Optional[str], typer.Option("--model", "-m", envvar=_env("mode
                                               show_default="the registry default",
                                               help="Model alias from the registry, or a path to a .gguf file.")]
 Draft = Annotated[Optional[str], typer.Option(envvar=_env("draft"), callback=_choice(DRAFT_MODES),
-                                              show_default="auto",
-                                              help="Drafting: none | ngram | recycling | hybrid | auto.")]
-TreeSize = Annotated[Optional[int], typer.Option(envvar=_env("tree-size"), min=1, max=256, show_default="16",
+                                              show_default=DraftSettings.mode,
+                                              help=f"Drafting: {' | '.join(DRAFT_MODES)}.")]
+TreeSize = Annotated[Optional[int], typer.Option(envvar=_env("tree-size"), min=1, max=256,
+                                                 show_default=str(DraftSettings.tree_size),
                                                  help="Draft tree nodes (root included) for recycling/hybrid; "
                                                       "the most auto may use.")]
-DraftLen = Annotated[Optional[int], typer.Option(envvar=_env("draft-len"), min=0, max=64, show_default="8",
-                                                 help="Longest n-gram continuation drafted.")]
+DraftLen = Annotated[Optional[int], typer.Option(envvar=_env("draft-len"), min=0, max=64,
+                                                 show_default=str(DraftSettings.draft_len),
+                                                 help="Longest copied chain drafted (ngram, suffix, hybrid); the "
+                                                      "most auto may use.")]
 _KV_DEFAULT = "f16; with --exact K f16, V q8_0"
 KvCache = Annotated[Optional[str], typer.Option("--kv-cache", envvar=_env("kv-cache"), callback=_choice(KV_CHOICES),
                                                 show_default=_KV_DEFAULT,

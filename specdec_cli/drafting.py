@@ -36,7 +36,11 @@ USES_TREE = {"recycling", "hybrid", "auto"}
 
 @dataclass
 class DraftSettings:
-    mode: str = "none"
+    """The defaults are the product's: `auto`, with the caps it may use. With llama.cpp's
+    repacked weights a 16-32-row step costs 6-10 one-row steps, so a long exact match is
+    worth a long chain (policy.py decides each step)."""
+
+    mode: str = "auto"
     tree_size: int = 16  # recycling tree nodes, root included
     draft_len: int = 32  # longest chain drafted
 

@@ -1,4 +1,4 @@
-"""Errors that the CLI turns into a one-line message and an exit code (see CLI.md)."""
+"""Errors that the CLI turns into a one-line message and an exit code (README, "Usage": exit codes)."""
 
 
 class SpecdecError(Exception):

@@ -2,7 +2,7 @@
 
 Lossless speculation needs the logits of a node in a verified batch to equal the logits
 the same token would get decoded alone. On the CPU that depends on the kernels a batch
-takes (DESIGN.md section 3, llama.cpp issue #25618):
+takes (docs/DESIGN.md, Engine modes; llama.cpp issue #25618):
 - quantized matmuls: Gemma 3 Q4_K_M leaves the single-token kernel from 8 tokens on, and
   the repacked weight layout changes results at any batch size; SmolLM2 Q4_1 is exact;
 - flash attention (pinned ggml, `ggml_compute_forward_flash_attn_ext_f16`): 64 or more

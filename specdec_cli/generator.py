@@ -1,4 +1,4 @@
-"""The Generator: prefill, then one verification step at a time (DESIGN.md section 1).
+"""The Generator: prefill, then one verification step at a time (docs/DESIGN.md, One step).
 
 Each step decodes a draft tree rooted at the last accepted token in one `llama_decode`,
 walks it against the logits (greedy or speculative sampling), keeps the KV cells of the

@@ -1,8 +1,9 @@
 """A thin, explicit wrapper over llama-cpp-python's low-level C API (pinned 0.3.36).
 
-Why not `llama_cpp.Llama`: its Python overhead costs ~40% of decode speed (DESIGN.md
-section 2). Everything here is one ctypes call per operation, and the batch arrays are
-numpy-owned so that native code and numpy fill them without per-token Python.
+Why not `llama_cpp.Llama`: its Python overhead costs ~40% of decode speed
+(docs/DESIGN.md, Measured facts about the development machines). Everything here is one
+ctypes call per operation, and the batch arrays are numpy-owned so that native code and
+numpy fill them without per-token Python.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class LlamaModel:
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         # The repacked CPU weight layout makes batched matmuls take a different code path
-        # than single-token ones on some quant types (DESIGN.md section 3).
+        # than single-token ones on some quant types (docs/DESIGN.md, Engine modes).
         params.use_extra_bufts = repacked_weights and repacked_weights_safe()
         self.path = Path(path)
         with interrupt_after() as pressed:

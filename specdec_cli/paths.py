@@ -1,4 +1,4 @@
-"""Where specdec keeps its files (CLI.md "Files"): platformdirs, overridable for tests;
+"""Where specdec keeps its files (README, "Files"): platformdirs, overridable for tests;
 and the one way to write into the cache."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """How much to speculate, step by step: the device's cost curve and an online policy
-(docs/DESIGN.md, "The cost model"). Pure: numbers in, a choice out; no engine imports.
+(docs/DESIGN.md, The cost model). Pure: numbers in, a choice out; no engine imports.
 
 Cost curve. c(k) is the wall time of one verification step of k rows (a `llama_decode` of
 k tokens with logits, split into calls of at most the engine's verify batch, plus the
@@ -37,7 +37,7 @@ import numpy as np
 
 # Without a measured profile the policy assumes these cost ratios c(k)/c(1): SmolLM2-135M
 # on a 2-core CPU with the repacked weights of the fast engine mode, the steepest curve we
-# measured (docs/DESIGN.md). On it only strong matches pay; a faster-scaling device is
+# measured (docs/DESIGN.md, The cost model). On it only strong matches pay; a faster-scaling device is
 # under-used, never made slower than plain decoding. `specdec tune` replaces it.
 PRIOR_COST_RATIOS = {1: 1.0, 2: 2.2, 4: 3.3, 8: 5.3, 16: 9.1, 32: 17.5, 64: 33.6}
 
@@ -51,8 +51,8 @@ MATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 # modest: the shadow scoring replaces them within a few dozen steps.
 MATCH_PRIOR_ACCEPT = {1: 0.25, 2: 0.4, 3: 0.5, 4: 0.6, 6: 0.65, 8: 0.7, 12: 0.75, 16: 0.8, 24: 0.82,
                       32: 0.85, 48: 0.87, 64: 0.9}
-# Mean accepted draft nodes of a Token Recycling tree of T nodes (docs/DESIGN.md
-# simulation: ~1.1 at 8-16 nodes, ~1.7 with an 80-node tree), kept below what was measured.
+# Mean accepted draft nodes of a Token Recycling tree of T nodes (simulated on SmolLM2:
+# ~1.1 at 8-16 nodes, ~1.7 with an 80-node tree; docs/DESIGN.md, Drafters), kept below.
 RECYCLING_PRIOR_ACCEPTED = {4: 0.5, 8: 0.8, 16: 1.0, 32: 1.2, 64: 1.4}
 TREE_SIZES = (4, 8, 16, 32, 64)
 # Drafting, laying out the tree and sharing the accepted KV cells with every sequence cost

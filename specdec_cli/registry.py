@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SOURCES = ("pypi", "hf", "path")
-# Options a registry entry may preset for `specdec run` (CLI.md "Shared options").
+# Options a registry entry may preset for `specdec run` (README, "Usage").
 DEFAULTABLE_OPTIONS = frozenset(
     {
         "draft", "tree_size", "draft_len", "kv_cache", "prefill", "ep", "ctx", "threads",

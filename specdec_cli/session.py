@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .drafting import DraftSettings
-from .cli_options import KV_CHOICES
 from .errors import SpecdecError, UsageError
 from .generator import EngineConfig, Generator, SamplingParams, default_kv_types
 from .history import History, history_path
+from .options import KV_CHOICES
 from .gguf_file import check_gguf, file_sha256
 from .paths import cache_dir
 from .devices import device_fingerprint
@@ -19,11 +19,6 @@ from .registry import Registry
 from .split_model import Progress
 from .tuning import ProfileKey, load_profile, policy_from_profile
 
-DEFAULT_DRAFT = "auto"
-DEFAULT_TREE_SIZE = 16
-# Longest chain `auto` may draft: with llama.cpp's repacked weights a 16-32-row step costs
-# 6-10 one-row steps, so a long exact match is worth a long chain (policy.py decides).
-DEFAULT_DRAFT_LEN = 32
 UNQUANTIZED_KV = {"f32", "f16"}
 
 
@@ -105,9 +100,9 @@ def open_session(options: RunOptions, progress: Progress | None = None) -> Sessi
     exact = options.exact if options.exact is not None else bool(defaults.get("exact", False))
     kv_k, kv_v = kv_cache_types(options, defaults.get("kv_cache"), exact)
     draft = DraftSettings(
-        mode=options.draft or defaults.get("draft", DEFAULT_DRAFT),
-        tree_size=options.tree_size or DEFAULT_TREE_SIZE,
-        draft_len=DEFAULT_DRAFT_LEN if options.draft_len is None else options.draft_len)
+        mode=options.draft or defaults.get("draft", DraftSettings.mode),
+        tree_size=options.tree_size or DraftSettings.tree_size,
+        draft_len=DraftSettings.draft_len if options.draft_len is None else options.draft_len)
     config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, exact=exact, kv_k=kv_k, kv_v=kv_v,
                           verbose=options.verbose, prefill=options.prefill, ep=options.ep)
     matrix = cache_dir() / "recycling" / f"{file_sha256(resolved.path)}.matrix"

@@ -1,4 +1,4 @@
-"""ONNX-runtime prefill with the K/V handed to llama.cpp (DESIGN.md section 7)."""
+"""ONNX-runtime prefill with the K/V handed to llama.cpp (docs/DESIGN.md, NPU prefill)."""
 
 from .errors import KVLayoutMismatch, PrefillUnavailable, ProviderUnavailable, UnsupportedArchitecture
 

@@ -3,7 +3,7 @@
 `get_available_providers()` only lists what the onnxruntime package was built with; since
 onnxruntime 1.22 `get_ep_devices()` lists (provider, hardware device) pairs with the
 device type (CPU / GPU / NPU), including plugin EPs registered at run time. Use the newer
-API when present (DESIGN.md section 7).
+API when present (docs/DESIGN.md, NPU prefill).
 """
 
 from __future__ import annotations
