@@ -11,6 +11,22 @@ namespace specdec {
 
 namespace {
 
+// Philox4x32 constants (Salmon et al. 2011, Random123's philox.h): the round multipliers
+// and the Weyl sequence increments that bump the key between rounds.
+constexpr std::uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr std::uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr std::uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr std::uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+std::array<std::uint32_t, 4> philox_round(const std::array<std::uint32_t, 4>& c, const std::array<std::uint32_t, 2>& k) {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(kPhiloxM0) * c[0];
+    const std::uint64_t p1 = static_cast<std::uint64_t>(kPhiloxM1) * c[2];
+    return {static_cast<std::uint32_t>(p1 >> 32) ^ c[1] ^ k[0], static_cast<std::uint32_t>(p1),
+            static_cast<std::uint32_t>(p0 >> 32) ^ c[3] ^ k[1], static_cast<std::uint32_t>(p0)};
+}
+
+bool lower_id(const TokenDistribution::Entry& a, const TokenDistribution::Entry& b) { return a.id < b.id; }
+
 // Largest logit, NaN skipped (-inf when there is none). Sixteen independent lanes
 // instead of one running maximum: the compiler vectorises them, and a 262k row is not
 // held up by the latency of one long chain of compares.
@@ -42,8 +58,8 @@ double mass_of(std::vector<TokenDistribution::Entry>::const_iterator first,
 
 // Reorders entries so that the nucleus -- the shortest prefix, in more_likely order,
 // whose mass reaches target -- comes first, and returns its size. A weighted quickselect:
-// expected linear time, where sorting a 262k vocabulary would cost milliseconds. The
-// nucleus itself is left unsorted; sampling does not need an order.
+// expected linear time, where sorting a 262k vocabulary would cost milliseconds. Only
+// the nucleus is sorted afterwards (by id, for the inverse CDF).
 std::size_t select_nucleus(std::vector<TokenDistribution::Entry>& entries, double target) {
     auto lo = entries.begin();  // [begin, lo): in the nucleus, holding mass_before
     auto hi = entries.end();    // [hi, end): outside it
@@ -66,6 +82,23 @@ std::size_t select_nucleus(std::vector<TokenDistribution::Entry>& entries, doubl
 
 }  // namespace
 
+std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> counter, std::array<std::uint32_t, 2> key) {
+    counter = philox_round(counter, key);
+    for (int round = 1; round < 10; ++round) {
+        key = {key[0] + kPhiloxW0, key[1] + kPhiloxW1};
+        counter = philox_round(counter, key);
+    }
+    return counter;
+}
+
+double position_uniform(std::uint64_t seed, std::uint64_t position) {
+    const auto word = philox4x32_10(
+        {static_cast<std::uint32_t>(position), static_cast<std::uint32_t>(position >> 32), 0u, 0u},
+        {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)});
+    const std::uint64_t bits = (static_cast<std::uint64_t>(word[1]) << 32 | word[0]) >> 11;
+    return static_cast<double>(bits) * 0x1.0p-53;
+}
+
 void TokenDistribution::assign(const float* logits, std::size_t n_vocab, const SamplingParams& params) {
     if (!(params.temperature > 0.0f)) throw std::invalid_argument("sampling needs temperature > 0");
     if (n_vocab == 0) throw std::invalid_argument("sampling needs a non-empty logits row");
@@ -85,11 +118,10 @@ void TokenDistribution::assign(const float* logits, std::size_t n_vocab, const S
         std::vector<float> values(k);
         topk_row(logits, n_vocab, k, ids.data(), values.data());
         for (std::size_t i = 0; i < k; ++i) entries_.push_back({ids[i], weight_of(values[i])});
-        indexed_by_id_ = false;
+        std::sort(entries_.begin(), entries_.end(), lower_id);
     } else {
         entries_.reserve(n_vocab);
         for (std::size_t t = 0; t < n_vocab; ++t) entries_.push_back({static_cast<std::int32_t>(t), weight_of(logits[t])});
-        indexed_by_id_ = true;
     }
     total_ = mass_of(entries_.begin(), entries_.end());
 
@@ -106,30 +138,8 @@ void TokenDistribution::keep_nucleus(double top_p) {
     entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [light](const Entry& e) { return e.weight < light; }),
                    entries_.end());
     entries_.resize(std::max<std::size_t>(1, select_nucleus(entries_, top_p * total_)));
+    std::sort(entries_.begin(), entries_.end(), lower_id);
     total_ = mass_of(entries_.begin(), entries_.end());
-    indexed_by_id_ = false;
-}
-
-std::ptrdiff_t TokenDistribution::find(std::int32_t token) const {
-    if (indexed_by_id_) {
-        return token >= 0 && static_cast<std::size_t>(token) < entries_.size() ? token : -1;
-    }
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-        if (entries_[i].id == token) return static_cast<std::ptrdiff_t>(i);
-    }
-    return -1;
-}
-
-double TokenDistribution::weight(std::int32_t token) const {
-    const std::ptrdiff_t i = find(token);
-    return i < 0 ? 0.0 : entries_[i].weight;
-}
-
-void TokenDistribution::remove(std::int32_t token) {
-    const std::ptrdiff_t i = find(token);
-    if (i < 0) return;
-    total_ -= entries_[i].weight;
-    entries_[i].weight = 0.0;
 }
 
 std::int32_t TokenDistribution::draw(double u) const {
@@ -142,23 +152,20 @@ std::int32_t TokenDistribution::draw(double u) const {
         last_possible = e.id;
         if (target < mass) return e.id;
     }
-    // Only reached when rounding leaves total_ a hair above the summed weights.
+    // Only reached when u * total_ rounds up to total_ (the sum above, in the same order).
     return last_possible;
 }
 
-TokenDistribution& Sampler::target(const float* logits, std::size_t n_vocab, const SamplingParams& params) {
-    scratch_.assign(logits, n_vocab, params);
-    return scratch_;
-}
-
-std::int32_t Sampler::sample(const float* logits, std::size_t n_vocab, const SamplingParams& params) {
+std::int32_t Sampler::sample(const float* logits, std::size_t n_vocab, const SamplingParams& params,
+                             std::uint64_t position) {
     if (!(params.temperature > 0.0f)) {
         std::int32_t id = 0;
         float value = 0.0f;
         topk_row(logits, n_vocab, 1, &id, &value);
         return id;
     }
-    return target(logits, n_vocab, params).draw(uniform());
+    scratch_.assign(logits, n_vocab, params);
+    return scratch_.draw(uniform(position));
 }
 
 }  // namespace specdec

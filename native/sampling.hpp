@@ -1,11 +1,12 @@
 // The target distribution of one position and a seeded sampler over it. Plain sampling
-// and speculative verification share this code, which is what makes speculative
-// sampling reproduce plain sampling's distribution exactly.
+// and speculative verification share this code and the same random number for each
+// output position, which is what makes speculative sampling reproduce plain sampling's
+// text exactly (verify.hpp).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
-#include <random>
 #include <vector>
 
 namespace specdec {
@@ -18,8 +19,20 @@ struct SamplingParams {
     float top_p = 1.0f;
 };
 
-// The tokens with non-zero probability and their unnormalised weights. Verification
-// removes rejected draft tokens from it (SpecInfer's residual distribution).
+// Philox4x32-10, the counter-based generator of Salmon, Moraes, Dror and Shaw, "Parallel
+// random numbers: as easy as 1, 2, 3" (SC 2011), as in their Random123 library (its
+// known-answer vectors are in tests/test_seeded_sampling.py): ten rounds of a keyed
+// bijection of a 128-bit counter. Each output is a function of (counter, key) alone.
+std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> counter, std::array<std::uint32_t, 2> key);
+
+// The uniform in [0, 1) of output position `position` of a generation seeded with
+// `seed`: Philox4x32-10 with key = seed and counter = (position, 0), its first two words
+// read as 53 random bits. It depends on nothing else -- not on how many numbers were
+// drawn before, which is what a draft tree of any shape would change.
+double position_uniform(std::uint64_t seed, std::uint64_t position);
+
+// The tokens with non-zero probability and their unnormalised weights, in ascending
+// token id order.
 class TokenDistribution {
 public:
     struct Entry {
@@ -32,40 +45,34 @@ public:
     // when temperature <= 0 or the row has no finite maximum.
     void assign(const float* logits, std::size_t n_vocab, const SamplingParams& params);
 
-    double weight(std::int32_t token) const;
-    double total() const { return total_; }
-    // Sets the token's weight to zero.
-    void remove(std::int32_t token);
-    // The token at quantile u in [0, 1) of the distribution.
+    // Inverse CDF: the token at quantile u in [0, 1), the cumulative weights taken in
+    // token id order. The id order, not a probability order, keeps the draw stable where
+    // two tokens' probabilities nearly tie: a tiny change in the logits moves each
+    // quantile boundary a tiny bit instead of swapping two tokens' intervals.
     std::int32_t draw(double u) const;
 
 private:
-    std::ptrdiff_t find(std::int32_t token) const;
     void keep_nucleus(double top_p);
 
     std::vector<Entry> entries_;
     double total_ = 0.0;
-    bool indexed_by_id_ = false;  // entries_[t].id == t: lookups need no search
 };
 
 class Sampler {
 public:
-    explicit Sampler(std::uint64_t seed) : engine_(seed) {}
+    explicit Sampler(std::uint64_t seed) : seed_(seed) {}
 
-    // Uniform in [0, 1) with 53 random bits, built from the raw engine output: the
-    // standard fixes mt19937_64's sequence but not std::uniform_real_distribution's.
-    double uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
+    std::uint64_t seed() const { return seed_; }
+    double uniform(std::uint64_t position) const { return position_uniform(seed_, position); }
 
-    // The target distribution of a logits row, held in the sampler's reusable buffer:
-    // valid until the next call.
-    TokenDistribution& target(const float* logits, std::size_t n_vocab, const SamplingParams& params);
-
-    // temperature <= 0 means greedy (arg-max, lower id on ties).
-    std::int32_t sample(const float* logits, std::size_t n_vocab, const SamplingParams& params);
+    // The token at output position `position`: drawn by inverse CDF with that position's
+    // uniform. temperature <= 0 means greedy (arg-max, lower id on ties).
+    std::int32_t sample(const float* logits, std::size_t n_vocab, const SamplingParams& params,
+                        std::uint64_t position);
 
 private:
-    std::mt19937_64 engine_;
-    TokenDistribution scratch_;
+    std::uint64_t seed_;
+    TokenDistribution scratch_;  // reused: a 262k vocabulary is not reallocated per token
 };
 
 }  // namespace specdec

@@ -25,19 +25,6 @@ std::int32_t child_with_token(const ChildLists& children, Span<std::int32_t> tok
     return -1;
 }
 
-// One SpecInfer step at `node`: the accepted child, or -1 with the bonus token drawn.
-std::int32_t accept_child_or_draw(const ChildLists& children, Span<std::int32_t> tokens, std::int32_t node,
-                                  TokenDistribution& residual, Sampler& sampler, std::int32_t& bonus) {
-    for (std::int32_t child : children.of(node)) {
-        const double w = residual.weight(tokens[child]);
-        if (w <= 0.0) continue;  // impossible under the target: rejected without a draw
-        if (sampler.uniform() * residual.total() < w) return child;
-        residual.remove(tokens[child]);
-    }
-    bonus = residual.draw(sampler.uniform());
-    return -1;
-}
-
 }  // namespace
 
 VerifyResult verify_greedy(Span<std::int32_t> tokens, Span<std::int32_t> parents, Span<std::int32_t> argmax) {
@@ -60,7 +47,7 @@ VerifyResult verify_greedy(Span<std::int32_t> tokens, Span<std::int32_t> parents
 }
 
 VerifyResult verify_sample(Span<std::int32_t> tokens, Span<std::int32_t> parents, MatrixView<float> logits,
-                           const SamplingParams& params, Sampler& sampler) {
+                           const SamplingParams& params, Sampler& sampler, std::uint64_t first_position) {
     check_topological(parents);
     check_node_count(parents.size, tokens.size, "tokens");
     check_node_count(parents.size, logits.rows, "logits");
@@ -69,10 +56,13 @@ VerifyResult verify_sample(Span<std::int32_t> tokens, Span<std::int32_t> parents
     VerifyResult result;
     std::int32_t node = 0;
     result.path.push_back(node);
-    while (true) {
-        TokenDistribution& residual = sampler.target(logits.row(node), logits.cols, params);
-        const std::int32_t next = accept_child_or_draw(children, tokens, node, residual, sampler, result.bonus);
-        if (next == -1) return result;
+    for (std::uint64_t position = first_position;; ++position) {
+        const std::int32_t token = sampler.sample(logits.row(node), logits.cols, params, position);
+        const std::int32_t next = child_with_token(children, tokens, node, token);
+        if (next == -1) {
+            result.bonus = token;
+            return result;
+        }
         node = next;
         result.path.push_back(node);
     }

@@ -610,7 +610,7 @@ def test_sampler_matches_target_distribution():
     probs = target_distribution(row, TEMP, TOP_K, TOP_P)
     assert 2 < np.count_nonzero(probs) < TOP_K  # top-p is what cuts here
     sampler = nat.Sampler(seed=1)
-    draws = [sampler.sample(row, TEMP, TOP_K, TOP_P) for _ in range(40_000)]
+    draws = [sampler.sample(row, t, TEMP, TOP_K, TOP_P) for t in range(40_000)]
     counts = np.bincount(draws, minlength=16)
     assert chi_square_p_value(counts, probs) > 1e-3
     # Power: the same draws are far from the untempered distribution.
@@ -619,11 +619,11 @@ def test_sampler_matches_target_distribution():
 
 def test_sampler_is_seeded_and_greedy_at_zero_temperature():
     row = small_vocab_logits(1, seed=3)[0]
-    first = [nat.Sampler(9).sample(row, 1.0, 0, 1.0) for _ in range(3)]
+    first = [nat.Sampler(9).sample(row, 0, 1.0, 0, 1.0) for _ in range(3)]
     assert len(set(first)) == 1
     a, b = nat.Sampler(42), nat.Sampler(42)
-    assert [a.sample(row, 1.0) for _ in range(50)] == [b.sample(row, 1.0) for _ in range(50)]
-    assert nat.Sampler(0).sample(row, 0.0, 0, 1.0) == int(np.argmax(row))
+    assert [a.sample(row, t, 1.0) for t in range(50)] == [b.sample(row, t, 1.0) for t in range(50)]
+    assert nat.Sampler(0).sample(row, 0, 0.0, 0, 1.0) == int(np.argmax(row))
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, TOP_P), (0, 1.0), (4, 1.0), (16, 0.5)])
@@ -631,7 +631,7 @@ def test_sampler_matches_target_with_filters_switched_off(top_k: int, top_p: flo
     row = small_vocab_logits(1, seed=21)[0]
     probs = target_distribution(row, TEMP, top_k, top_p)
     sampler = nat.Sampler(seed=11)
-    draws = [sampler.sample(row, TEMP, top_k, top_p) for _ in range(20_000)]
+    draws = [sampler.sample(row, t, TEMP, top_k, top_p) for t in range(20_000)]
     assert chi_square_p_value(np.bincount(draws, minlength=16), probs) > 1e-3
 
 
@@ -642,7 +642,7 @@ def test_sampler_nucleus_over_a_peaked_large_vocabulary():
     probs = target_distribution(row, 1.0, 0, 0.9)
     support = set(np.flatnonzero(probs).tolist())
     sampler = nat.Sampler(6)
-    draws = np.array([sampler.sample(row, 1.0, 0, 0.9) for _ in range(2000)])
+    draws = np.array([sampler.sample(row, t, 1.0, 0, 0.9) for t in range(2000)])
     assert set(draws.tolist()) <= support
     top = int(np.argmax(probs))
     assert abs(np.mean(draws == top) - probs[top]) < 4 * math.sqrt(probs[top] / 2000)
@@ -656,7 +656,7 @@ def test_sampler_nucleus_over_a_flat_large_vocabulary():
     support = set(np.flatnonzero(probs).tolist())
     assert len(support) > 2000
     sampler = nat.Sampler(5)
-    draws = [sampler.sample(row, 1.0, 0, 0.7) for _ in range(3000)]
+    draws = [sampler.sample(row, t, 1.0, 0, 0.7) for t in range(3000)]
     assert set(draws) <= support
     assert len(set(draws)) > 1000
 
@@ -685,8 +685,8 @@ def test_verify_sample_preserves_the_target_distribution():
     first = np.zeros(16, dtype=np.int64)
     second_after_node1 = np.zeros(16, dtype=np.int64)
     accepted_nodes = 0
-    for _ in range(40_000):
-        path, bonus = nat.verify_sample(tokens, parents, tree_logits, TEMP, TOP_K, TOP_P, sampler)
+    for i in range(40_000):  # the tree is 2 deep: positions 4i..4i+2 are this walk's alone
+        path, bonus = nat.verify_sample(tokens, parents, tree_logits, TEMP, TOP_K, TOP_P, sampler, 4 * i)
         emitted = [int(tokens[node]) for node in path[1:]] + [bonus]
         accepted_nodes += len(path) - 1
         assert 3 not in path.tolist()
@@ -708,8 +708,8 @@ def test_verify_sample_is_deterministic_per_seed():
     def run(seed: int) -> list[tuple[list[int], int]]:
         sampler = nat.Sampler(seed)
         results = []
-        for _ in range(200):
-            path, bonus = nat.verify_sample(tokens, parents, tree_logits, TEMP, TOP_K, TOP_P, sampler)
+        for i in range(200):
+            path, bonus = nat.verify_sample(tokens, parents, tree_logits, TEMP, TOP_K, TOP_P, sampler, 4 * i)
             results.append((path.tolist(), bonus))
         return results
 
@@ -722,8 +722,8 @@ def test_verify_sample_rejects_bad_input():
     tokens, parents, tree_logits = sampling_tree(logits)
     sampler = nat.Sampler(0)
     with pytest.raises(ValueError):
-        nat.verify_sample(tokens, parents, tree_logits, 0.0, TOP_K, TOP_P, sampler)
+        nat.verify_sample(tokens, parents, tree_logits, 0.0, TOP_K, TOP_P, sampler, 0)
     with pytest.raises(ValueError):
-        nat.verify_sample(tokens, parents, tree_logits[:4].copy(), TEMP, TOP_K, TOP_P, sampler)
+        nat.verify_sample(tokens, parents, tree_logits[:4].copy(), TEMP, TOP_K, TOP_P, sampler, 0)
     with pytest.raises(ValueError):
-        nat.verify_sample(tokens, parents, np.full((6, 16), -np.inf, dtype=np.float32), TEMP, 0, 1.0, sampler)
+        nat.verify_sample(tokens, parents, np.full((6, 16), -np.inf, dtype=np.float32), TEMP, 0, 1.0, sampler, 0)
