@@ -22,7 +22,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from specdec_cli.drafting import DraftSettings
-from specdec_cli.generator import EngineConfig, Generator
+from specdec_cli.generator import Generator
+from specdec_cli.options import EngineConfig
 from specdec_cli.registry import Registry
 
 CONFIGS = [("ngram", 1, 8), ("recycling", 8, 0), ("recycling", 32, 0), ("recycling", 64, 0),

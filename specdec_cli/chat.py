@@ -18,7 +18,9 @@ import numpy as np
 
 from .drafting import DRAFT_MODES, DraftSettings
 from .errors import SpecdecError, UsageError
-from .generator import GenerationStats, Generator, SamplingParams
+from .generator import Generator
+from .options import SamplingParams
+from .metrics import GenerationStats
 
 
 @dataclass

@@ -8,11 +8,10 @@ accepted path and drops the rest. With a one-node tree the step is plain decodin
 
 from __future__ import annotations
 
-import codecs
 import secrets
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,97 +23,11 @@ from .errors import SpecdecError, UsageError
 from .exactness import exactness_rule
 from .history import History
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
-from .metrics import decode_rate, tokens_per_step
+from .metrics import DepthCounter, GenerationStats, decode_rate, tokens_per_step
+from .options import EngineConfig, SamplingParams, default_kv_types
 from .prefill.backend import open_prefiller, prefill_with_fallback
 from .policy import SpeculationPolicy, prior_curve
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 40
-    top_p: float = 0.95
-    # 0 <= seed < 2**64; None: a random one, reported in GenerationStats.seed. With the
-    # same seed the same text, whatever the draft mode (verify.hpp).
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-    def validate(self) -> None:
-        if not 0 <= self.temperature <= 10:  # written so that NaN fails it too
-            raise UsageError(f"--temp must be between 0 and 10, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if self.seed is not None and not 0 <= self.seed < 2**64:
-            raise UsageError(f"--seed must be an integer from 0 to 2^64-1, got {self.seed}")
-
-
-def default_kv_types(exact: bool) -> tuple[str, str]:
-    """K and V cache types when the user sets none.
-
-    Fast mode: f16/f16, llama.cpp's default, whose prefill takes the tiled flash-attention
-    kernel. Exact mode: V q8_0, which keeps speculation bit-exact in long contexts: with K
-    and V both f16 and 512+ cells, ggml's single-query flash attention splits the cells
-    across threads and sums in another order than the batched kernel (pinned ggml, ops.cpp
-    `use_split_kv_path`); with a quantized V both take the same kernel. Measured:
-    bit-identical logits at 700 tokens, where f16/f16 moved them by up to 0.7."""
-    return ("f16", "q8_0") if exact else ("f16", "f16")
-
-
-@dataclass
-class EngineConfig:
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    # Exact mode: batched verification bit-identical to one-token decoding (exactness.py's
-    # probed rules: weight layout, largest verify call, a quantized V). Fast mode (default):
-    # llama.cpp's fastest kernels for the device — repacked weights, verification in one
-    # call however many rows — where greedy output equals plain decoding's except where two
-    # kernel paths round a near-tie differently.
-    exact: bool = False
-    kv_k: str | None = None  # None: default_kv_types(exact)
-    kv_v: str | None = None
-    n_batch: int = 512
-    # Branches a draft tree may have; every accepted cell is shared with this many sequences.
-    n_seq_max: int = 64
-    verbose: bool = False
-    prefill: str = "auto"  # auto | llama | onnx (prefill/backend.py)
-    ep: str | None = None  # onnxruntime execution provider for ONNX prefill
-
-
-@dataclass
-class GenerationStats:
-    n_prompt: int = 0
-    n_prompt_prefilled: int = 0  # prompt tokens actually computed (the rest came from the cache)
-    n_generated: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    ttft_s: float = 0.0
-    tokens_per_s: float = 0.0  # metrics.py: generated tokens over the time after the first step
-    steps: int = 0
-    speculative_steps: int = 0
-    tokens_per_step: float = 0.0  # metrics.py; plain decoding reads exactly 1.0
-    engine: str = "fast"  # "fast" | "exact" (EngineConfig.exact)
-    draft: str = "none"
-    tree_size: int = 1
-    draft_len: int = 0
-    accept_rate_by_depth: list[float] = field(default_factory=list)
-    # Steps that verified a copied chain, by where it was found: "context" (this prompt and
-    # output) or "history" (earlier runs' prompts and outputs).
-    chains_from: dict[str, int] = field(default_factory=dict)
-    draft_ms: float = 0.0
-    decode_ms: float = 0.0
-    verify_ms: float = 0.0
-    kv_cache: str = "f16"
-    kv_bytes: int = 0
-    prefill_backend: str = "llama"
-    seed: int | None = None  # the sampling seed (drawn when none was given); None when greedy
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .text_stream import TextStream
 
 
 @dataclass
@@ -123,59 +36,6 @@ class GenerationResult:
     tokens: list[int]
     finish_reason: str  # "stop" | "length" (max_tokens) | "context" (the context is full) | "interrupted"
     stats: GenerationStats
-
-
-@dataclass
-class _DepthCounter:
-    """How often a tree reached depth d and how often a node at depth d was accepted."""
-
-    drafted: list[int] = field(default_factory=list)
-    accepted: list[int] = field(default_factory=list)
-
-    def add(self, tree_depth: int, accepted_depth: int) -> None:
-        while len(self.drafted) < tree_depth:
-            self.drafted.append(0)
-            self.accepted.append(0)
-        for d in range(tree_depth):
-            self.drafted[d] += 1
-            if d < accepted_depth:
-                self.accepted[d] += 1
-
-    def rates(self) -> list[float]:
-        return [round(a / n, 4) if n else 0.0 for a, n in zip(self.accepted, self.drafted)]
-
-
-class _TextStream:
-    """Turns accepted token bytes into text, holding back what could still become a stop string."""
-
-    def __init__(self, stop: tuple[str, ...], on_text: Callable[[str], None] | None):
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stop = tuple(s for s in stop if s)
-        self._hold = max((len(s) for s in self._stop), default=1) - 1
-        self._on_text = on_text
-        self.text = ""
-        self._emitted = 0
-        self.stopped = False
-
-    def push(self, data: bytes) -> None:
-        self.text += self._decoder.decode(data)
-        for s in self._stop:
-            cut = self.text.find(s)
-            if cut >= 0:
-                self.text = self.text[:cut]
-                self.stopped = True
-        self._flush(final=self.stopped)
-
-    def finish(self) -> None:
-        if not self.stopped:
-            self.text += self._decoder.decode(b"", final=True)
-        self._flush(final=True)
-
-    def _flush(self, final: bool) -> None:
-        upto = len(self.text) if final else max(self._emitted, len(self.text) - self._hold)
-        if upto > self._emitted and self._on_text is not None:
-            self._on_text(self.text[self._emitted:upto])
-        self._emitted = max(self._emitted, upto)
 
 
 class Generator:
@@ -266,8 +126,8 @@ class Generator:
             # (JavaScript, jq 1.6) print it back exactly and the run can be repeated.
             stats.seed = sampling.seed if sampling.seed is not None else secrets.randbits(53)
             sampler = nat.Sampler(stats.seed)
-        text = _TextStream(stop, on_text)
-        depths = _DepthCounter()
+        text = TextStream(stop, on_text)
+        depths = DepthCounter()
         out: list[int] = []
         n_emitted = 0  # tokens the steps emitted: `out` plus an end-of-generation token
         finish = "length"

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+
 
 def decode_rate(n_tokens: int, seconds: float) -> float:
     return n_tokens / seconds if seconds > 0 else 0.0
@@ -25,3 +27,57 @@ def tokens_per_step(n_emitted: int, steps: int) -> float:
 def server_tokens_per_step(n_predicted: int, n_draft_accepted: int) -> float:
     """llama-server: every forward pass emits one token plus the drafts it accepted."""
     return tokens_per_step(n_predicted, n_predicted - n_draft_accepted)
+
+
+@dataclass
+class GenerationStats:
+    """One generation's figures, as `run --json` and chat's /stats report them."""
+
+    n_prompt: int = 0
+    n_prompt_prefilled: int = 0  # prompt tokens actually computed (the rest came from the cache)
+    n_generated: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0
+    tokens_per_s: float = 0.0  # decode_rate: generated tokens over the time after the first step
+    steps: int = 0
+    speculative_steps: int = 0
+    tokens_per_step: float = 0.0  # plain decoding reads exactly 1.0
+    engine: str = "fast"  # "fast" | "exact" (EngineConfig.exact)
+    draft: str = "none"
+    tree_size: int = 1
+    draft_len: int = 0
+    accept_rate_by_depth: list[float] = field(default_factory=list)
+    # Steps that verified a copied chain, by where it was found: "context" (this prompt and
+    # output) or "history" (earlier runs' prompts and outputs).
+    chains_from: dict[str, int] = field(default_factory=dict)
+    draft_ms: float = 0.0
+    decode_ms: float = 0.0
+    verify_ms: float = 0.0
+    kv_cache: str = "f16"
+    kv_bytes: int = 0
+    prefill_backend: str = "llama"
+    seed: int | None = None  # the sampling seed (drawn when none was given); None when greedy
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DepthCounter:
+    """How often a tree reached depth d and how often a node at depth d was accepted."""
+
+    drafted: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+
+    def add(self, tree_depth: int, accepted_depth: int) -> None:
+        while len(self.drafted) < tree_depth:
+            self.drafted.append(0)
+            self.accepted.append(0)
+        for d in range(tree_depth):
+            self.drafted[d] += 1
+            if d < accepted_depth:
+                self.accepted[d] += 1
+
+    def rates(self) -> list[float]:
+        return [round(a / n, 4) if n else 0.0 for a, n in zip(self.accepted, self.drafted)]

@@ -9,7 +9,8 @@ import numpy as np
 
 from .drafting import DraftSettings
 from .errors import SpecdecError, UsageError
-from .generator import EngineConfig, Generator, SamplingParams, default_kv_types
+from .generator import Generator
+from .options import EngineConfig, SamplingParams, default_kv_types
 from .history import History, history_path
 from .options import KV_CHOICES
 from .gguf_file import check_gguf, file_sha256

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from specdec_cli.cli_options import MIN_CTX
-from specdec_cli.generator import EngineConfig
+from specdec_cli.options import EngineConfig
 
 SHORT = ["--max-tokens", "4", "--draft", "none"]
 

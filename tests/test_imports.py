@@ -15,7 +15,7 @@ LAYERS = [
     ("front ends", ("session", "chat", "bench", "bench.*")),
     ("engine", ("generator",)),
     ("parts", ("drafting", "history", "exactness", "tuning", "prefill", "prefill.*", "registry", "hub", "devices")),
-    ("foundations", ("llama", "policy", "metrics", "options", "paths", "errors", "split_model", "gguf_file",
+    ("foundations", ("llama", "policy", "metrics", "options", "text_stream", "paths", "errors", "split_model", "gguf_file",
                      "__init__")),
 ]
 

@@ -13,7 +13,8 @@ import pytest
 
 from specdec_cli.drafting import DraftSettings
 from specdec_cli.errors import UsageError
-from specdec_cli.generator import EngineConfig, Generator
+from specdec_cli.generator import Generator
+from specdec_cli.options import EngineConfig
 from specdec_cli.session import RunOptions, kv_cache_types
 
 NEW_TOKENS = 40

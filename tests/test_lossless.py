@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from specdec_cli.drafting import DraftSettings
-from specdec_cli.generator import EngineConfig, Generator, SamplingParams
+from specdec_cli.generator import Generator
+from specdec_cli.options import EngineConfig, SamplingParams
 
 pytestmark = pytest.mark.slow
 

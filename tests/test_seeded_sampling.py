@@ -19,7 +19,8 @@ import pytest
 
 from specdec_cli import _native as nat
 from specdec_cli.drafting import DRAFT_MODES, DraftSettings
-from specdec_cli.generator import EngineConfig, Generator, SamplingParams
+from specdec_cli.generator import Generator
+from specdec_cli.options import EngineConfig, SamplingParams
 
 # --- pure-Python reference -------------------------------------------------------------------------
 

@@ -77,7 +77,8 @@ def test_corrupt_profile_is_ignored_with_warning(tmp_path: Path, capsys: pytest.
 
 @pytest.fixture(scope="module")
 def smollm2_generator(smollm2_gguf: Path, shared_cache_dir: Path):
-    from specdec_cli.generator import EngineConfig, Generator
+    from specdec_cli.generator import Generator
+    from specdec_cli.options import EngineConfig
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
