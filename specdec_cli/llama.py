@@ -219,10 +219,24 @@ class ContextConfig:
     flash_attn: bool | None = None  # None = llama.cpp decides; a quantized V cache forces it on
 
 
+BUSY_SAMPLE_S = 0.1
+
+
+@functools.cache
 def default_threads() -> int:
+    """The physical cores, less those other processes keep busy right now (sampled once per
+    process). llama.cpp's threads meet at a barrier after every graph node, so a thread that
+    has to wait for a core stalls all the others: next to busy processes, fewer threads
+    decode faster (issue 18: 2 threads next to 3 busy processes made 5 tok/s, 1 thread 21)."""
     import psutil
 
-    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    physical = max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    load = psutil.cpu_times_percent(interval=BUSY_SAMPLE_S)
+    busy_fields = ("user", "system", "irq", "softirq", "steal") + (("nice",) if os.nice(0) > 0 else ())
+    busy = sum(getattr(load, name, 0.0) for name in busy_fields)  # fields vary by OS
+    # niced processes count only when we are niced too: against them we get the CPU anyway
+    busy_cpus = int(busy / 100 * (psutil.cpu_count() or physical) + 0.25)  # round, leaning towards idle
+    return max(1, physical - busy_cpus)
 
 
 class LlamaContext:
