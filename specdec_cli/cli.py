@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 
 from . import __version__
 from . import cli_options as opt
@@ -178,8 +180,12 @@ def main() -> None:
     except SpecdecError as exc:
         stderr_console().print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(exc.exit_code)
-    except typer.exceptions.TyperException as exc:  # bad flag values: click's usage errors
-        exc.show()
+    except typer.exceptions.TyperException as exc:  # bad flags and values: click's usage errors
+        if isinstance(exc, ClickUsageError) and not isinstance(exc, NoArgsIsHelpError):
+            hint = f" (`{exc.ctx.command_path} -h` for help)" if exc.ctx is not None else ""
+            stderr_console().print(f"[red]error:[/red] {escape(exc.format_message())}{hint}")
+        else:
+            exc.show()  # `specdec` alone: the help
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.stdout.flush()

@@ -49,6 +49,16 @@ def _check_model(value: Optional[str]) -> Optional[str]:
     return utf8_text(value)
 
 
+def _within(low: float, high: float, low_open: bool = False):
+    """A float range check that NaN fails too (click's FloatRange lets NaN through)."""
+    def check(value: float) -> float:
+        if not (low < value <= high if low_open else low <= value <= high):
+            raise typer.BadParameter(f"{value} is not in {'(' if low_open else '['}{low:g}, {high:g}]")
+        return value
+
+    return check
+
+
 def _check_threads(value: Optional[int]) -> Optional[int]:
     cpus = os.cpu_count() or 1
     if value is not None and value > cpus:
@@ -85,10 +95,12 @@ Ctx = Annotated[int, typer.Option("--ctx", envvar=_env("ctx"), min=MIN_CTX, max=
 Threads = Annotated[Optional[int], typer.Option(envvar=_env("threads"), min=1, callback=_check_threads,
                                                 show_default="physical cores", help="CPU threads.")]
 MaxTokens = Annotated[int, typer.Option(envvar=_env("max-tokens"), min=1, help="Most tokens to generate.")]
-Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), help="Sampling temperature, 0 to 10; 0 = greedy.")]
+Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), callback=_within(0, 10),
+                                     help="Sampling temperature, 0 to 10; 0 = greedy.")]
 TopK = Annotated[int, typer.Option(envvar=_env("top-k"), min=0, max=INT32_MAX,
                                    help="Top-k filter when sampling (0 = off).")]
-TopP = Annotated[float, typer.Option(envvar=_env("top-p"), help="Nucleus filter when sampling, in (0, 1] (1 = off).")]
+TopP = Annotated[float, typer.Option(envvar=_env("top-p"), callback=_within(0, 1, low_open=True),
+                                     help="Nucleus filter when sampling, in (0, 1] (1 = off).")]
 def _check_seed(value: Optional[int]) -> Optional[int]:
     # The sampler keys its counter-based generator with 64 bits (native/sampling.hpp).
     if value is not None and not 0 <= value < 1 << 64:

@@ -20,6 +20,7 @@ def _usage_error(result, *needles: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr and "GGML" not in result.stderr + result.stdout
     assert result.stdout == ""
+    assert [line[:6] for line in result.stderr.splitlines() if line.strip()] == ["error:"], result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
 
