@@ -297,9 +297,13 @@ class Generator:
         root_past = n_past + len(deferred)
         pos, seq_ids, n_seq_id, leaf_seq = nat.layout_tree(tree.parents, root_past, self.config.n_seq_max)
         # The root is always accepted: give it every shared sequence so that plain steps
-        # need no copies afterwards. Its first id stays 0, the leftmost leaf's.
-        seq_ids[0, :] = self._all_seqs
-        n_seq_id[0] = self.config.n_seq_max
+        # need no copies afterwards. Its first id stays 0, the leftmost leaf's. A chain has
+        # one branch: all its nodes can be in every sequence, and rolling back the rejected
+        # tail is then one call instead of a copy per sequence.
+        single_branch = tree_size <= 1
+        rows = slice(None) if single_branch else slice(0, 1)
+        seq_ids[rows, :] = self._all_seqs
+        n_seq_id[rows] = self.config.n_seq_max
         t1 = time.perf_counter()
         logits = self._decode_rows(deferred, n_past, tree.tokens, pos, seq_ids, n_seq_id)
         t2 = time.perf_counter()
@@ -312,7 +316,11 @@ class Generator:
         if mode != "none":
             self.drafter.learn(tree.tokens, topk_ids)
         in_order = _in_order_prefix(path)
-        self._commit(root_past, in_order, int(leaf_seq[path[in_order - 1]]), int(leaf_seq.max()) + 1, tree.size)
+        if single_branch:
+            if tree.size > 1:
+                self.ctx.seq_rm(-1, root_past + in_order, -1)  # every sequence: the tail nobody accepted
+        else:
+            self._commit(root_past, in_order, int(leaf_seq[path[in_order - 1]]), int(leaf_seq.max()) + 1)
         t3 = time.perf_counter()
         stats.draft_ms += (t1 - t0) * 1000
         stats.decode_ms += (t2 - t1) * 1000
@@ -350,15 +358,13 @@ class Generator:
             done += got
         return self._logits[:n_out]
 
-    def _commit(self, root_past: int, kept: int, keep_seq: int, branches: int, tree_size: int) -> None:
+    def _commit(self, root_past: int, kept: int, keep_seq: int, branches: int) -> None:
         """Keep the first `kept` tree nodes (the root and the accepted nodes whose cells
         directly follow it) in every shared sequence and drop every other tree cell.
 
         Accepted nodes further down the batch are dropped too and re-decoded next step
         (`deferred`): flash attention sums a row's visible cells in cell order, so cells
         must stay in position order for speculative logits to equal plain decoding's."""
-        if tree_size == 1:
-            return
         new_past = root_past + kept
         for s in range(branches):
             if s != keep_seq:

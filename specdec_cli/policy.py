@@ -73,6 +73,8 @@ MAX_STREAK = 2
 # kept apart. Split matches start from a lower prior.
 UNANIMOUS = 0.99
 SPLIT_PRIOR_FACTOR = 0.7
+LEARNED_VERSION = 1
+LEARNED_CAP = 2000.0
 
 
 @dataclass
@@ -281,6 +283,45 @@ class SpeculationPolicy:
             chain_missed = not chain or not accepted or accepted[0] != chain[0]
             if chain_missed:
                 self.trees[choice.tree_size].add(float(len(accepted) - 1))
+
+    def learned(self) -> dict:
+        """What the policy learned about this model's drafts, over all generations: kept
+        between runs (one `specdec run` is one generation), so a new run starts from the
+        rates the last ones measured instead of the priors. Counts are capped at
+        LEARNED_CAP observations per cell, so that the rates keep following the user's work."""
+        def capped(trials: list[float], hits: list[float]) -> tuple[list[float], list[float]]:
+            scale = [min(1.0, LEARNED_CAP / t) if t else 1.0 for t in trials]
+            return ([round(t * f, 3) for t, f in zip(trials, scale)], [round(h * f, 3) for h, f in zip(hits, scale)])
+
+        chains = {}
+        for key, stats in self.ngram.items():
+            if any(stats.trials):
+                trials, hits = capped(stats.trials, stats.hits)
+                chains["/".join(map(str, (key[0], int(key[1]), key[2])))] = {"trials": trials, "hits": hits}
+        trees = {str(t): [round(s.total, 3), s.count] for t, s in self.trees.items() if s.count}
+        return {"version": LEARNED_VERSION, "chains": chains, "trees": trees}
+
+    def restore(self, learned: dict) -> None:
+        """Take over what `learned()` returned in an earlier run; anything that does not fit
+        this policy's tables is ignored."""
+        if not isinstance(learned, dict) or learned.get("version") != LEARNED_VERSION:
+            return
+        for name, counts in learned.get("chains", {}).items():
+            try:
+                n, unanimous, streak = (int(x) for x in name.split("/"))
+                stats = self.ngram[(n, bool(unanimous), streak)]
+                trials, hits = [float(x) for x in counts["trials"]], [float(x) for x in counts["hits"]]
+            except (KeyError, ValueError, TypeError):
+                continue
+            if len(trials) == len(hits) == MAX_DEPTH and all(0 <= h <= t for h, t in zip(hits, trials)):
+                stats.trials, stats.hits = trials, hits
+        for size, counts in learned.get("trees", {}).items():
+            try:
+                stat, (total, count) = self.trees[int(size)], counts
+                if float(count) > 0 and 0 <= float(total):
+                    stat.total, stat.count = float(total), float(count)
+            except (KeyError, ValueError, TypeError):
+                continue
 
     def summary(self) -> dict:
         return {"steps": dict(self.steps_by_kind), "measured_curve": self.measured,

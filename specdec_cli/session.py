@@ -3,19 +3,20 @@ load it, and turn user text into prompt tokens. Shared by `run`, `chat` and `ben
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .devices import device_fingerprint
 from .drafting import DraftSettings
 from .errors import SpecdecError, UsageError
 from .generator import Generator
-from .options import EngineConfig, SamplingParams, default_kv_types
-from .history import History, history_path
-from .options import KV_CHOICES
 from .gguf_file import check_gguf, file_sha256
-from .paths import cache_dir
-from .devices import device_fingerprint
+from .history import History, history_path
+from .options import KV_CHOICES, EngineConfig, SamplingParams, default_kv_types
+from .paths import cache_dir, write_cache_file
 from .registry import Registry
 from .split_model import Progress
 from .tuning import ProfileKey, load_profile, policy_from_profile
@@ -65,7 +66,22 @@ class Session:
 
     def close(self) -> None:
         self.generator.save_matrix()
+        if self.generator.policy is not None:
+            write_cache_file(learned_path(self.profile_key), json.dumps(self.generator.policy.learned()))
         self.generator.close()
+
+
+def learned_path(key: ProfileKey) -> Path:
+    """Where the policy's acceptance rates for this model and engine mode are kept."""
+    return cache_dir() / "policy" / f"{key.model_sha256[:16]}-{key.engine}.json"
+
+
+def _read_json(path: Path) -> dict:
+    """A cache file's JSON, or {} when it is missing or unreadable (it is rebuilt anyway)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def kv_cache_types(options: RunOptions, model_default: str | None, exact: bool) -> tuple[str, str]:
@@ -123,4 +139,5 @@ def open_session(options: RunOptions, progress: Progress | None = None) -> Sessi
                      engine="exact" if exact else "fast", model_sha256=file_sha256(resolved.path))
     generator.policy = policy_from_profile(load_profile(key.path()), generator.verify_batch,
                                            max_tree=draft.tree_size, max_chain=draft.draft_len)
+    generator.policy.restore(_read_json(learned_path(key)))
     return Session(alias=resolved.alias, generator=generator, sampling=sampling, draft=draft, profile_key=key)

@@ -22,15 +22,17 @@ SPECULATIVE = [("ngram", 1, 8), ("hybrid", 10, 6)]
 
 
 def test_kv_types_resolve_in_order():
-    assert kv_cache_types(RunOptions(), None) == ("f16", "q8_0")  # engine default, see EngineConfig
-    assert kv_cache_types(RunOptions(), "q4_0") == ("q4_0", "q4_0")  # models.toml default
-    assert kv_cache_types(RunOptions(kv_cache="f16"), "q4_0") == ("f16", "f16")
-    assert kv_cache_types(RunOptions(kv_cache="q8_0", kv_v="q4_0"), None) == ("q8_0", "q4_0")
-    assert kv_cache_types(RunOptions(kv_k="q4_0"), None) == ("q4_0", "q8_0")
+    # the engine mode's default: f16/f16 fast, V q8_0 exact (options.default_kv_types)
+    assert kv_cache_types(RunOptions(), None, exact=False) == ("f16", "f16")
+    assert kv_cache_types(RunOptions(), None, exact=True) == ("f16", "q8_0")
+    assert kv_cache_types(RunOptions(), "q4_0", exact=True) == ("q4_0", "q4_0")  # models.toml default
+    assert kv_cache_types(RunOptions(kv_cache="f16"), "q4_0", exact=True) == ("f16", "f16")
+    assert kv_cache_types(RunOptions(kv_cache="q8_0", kv_v="q4_0"), None, exact=False) == ("q8_0", "q4_0")
+    assert kv_cache_types(RunOptions(kv_k="q4_0"), None, exact=True) == ("q4_0", "q8_0")
     with pytest.raises(UsageError):
-        kv_cache_types(RunOptions(kv_k="q3_k"), None)
+        kv_cache_types(RunOptions(kv_k="q3_k"), None, exact=False)
     with pytest.raises(UsageError, match="models.toml"):
-        kv_cache_types(RunOptions(), "fp8")
+        kv_cache_types(RunOptions(), "fp8", exact=False)
 
 
 @pytest.mark.parametrize("flag,value", [("--kv-cache", "q3_k"), ("--kv-k", "F16"), ("--kv-v", "bf16")])
@@ -100,16 +102,15 @@ SMOLLM2_F16_BYTES_PER_CELL = 30 * 2 * 3 * 64 * 2
 
 @pytest.mark.slow
 def test_8k_prompt_with_q4_0_cache(run_specdec, smollm2_gguf: Path):
-    """~8000 prompt tokens: inside SmolLM2's trained 8192 positions. --ctx 8704 goes past
-    them; llama.cpp only warns ("possible training context overflow") and RoPE would
-    extrapolate for positions beyond 8192, which this prompt doesn't reach.
+    """~8000 prompt tokens, in a context of SmolLM2's trained 8192 positions (a larger
+    --ctx is refused: it would only buy memory).
 
     The slowest test of the suite (several minutes on 2 cores): with a quantized cache,
     ggml's CPU flash attention takes its one-row-at-a-time kernel, whose prefill cost grows
     with the square of the prompt (bench/RESULTS.md, "KV cache")."""
     sentences = [f"Note {i}: the parcel for house {i * 3} goes out on day {i % 28 + 1}." for i in range(372)]
     text = " ".join(sentences) + "\n\nWhich day does the parcel for house 30 go out?"
-    result = run_specdec("run", "--kv-cache", "q4_0", "--ctx", "8704", "--json", "--raw", "--max-tokens", "8",
+    result = run_specdec("run", "--kv-cache", "q4_0", "--ctx", "8192", "--json", "--raw", "--max-tokens", "8",
                          input=text, timeout=1500)
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)["stats"]

@@ -184,3 +184,17 @@ def test_policy_long_chains_are_not_taken_on_the_same_match_with_a_linear_curve(
     policy = SpeculationPolicy(linear_curve(), verify_batch=512, max_tree=16, max_chain=32)
     teach_ngram(policy, 40, accept=0.97, length=32)
     assert policy.choose(CHAIN[:32], 40).plain
+
+
+def test_learned_rates_carry_over_to_a_new_run() -> None:
+    """One `specdec run` is one generation: what it learned is kept for the next run."""
+    taught = SpeculationPolicy(gemm_curve(), verify_batch=512, max_tree=16, max_chain=32)
+    teach_ngram(taught, 40, accept=0.97, length=32)
+    fresh = SpeculationPolicy(gemm_curve(), verify_batch=512, max_tree=16, max_chain=32)
+    fresh.restore(taught.learned())
+    assert fresh.choose(CHAIN[:32], 40).draft_len == taught.choose(CHAIN[:32], 40).draft_len >= 15
+    untouched = SpeculationPolicy(gemm_curve(), verify_batch=512, max_tree=16, max_chain=32)
+    for junk in ({}, {"version": 99}, {"version": pol.LEARNED_VERSION, "chains": {"x": 1, "40/1/0": {"trials": [1]}},
+                                       "trees": {"16": "y", "3": [1, 1]}}):
+        untouched.restore(junk)  # ignored, no exception
+    assert untouched.learned() == SpeculationPolicy(gemm_curve()).learned()
