@@ -41,6 +41,16 @@ class Measurement:
     tokens_per_s: float
     n_generated: int
     wall_s: float  # the whole run: process start, model load, prefill, decode
+    others: int  # other runnable processes when it started (not ours, not the hogs): 0 on an idle machine
+
+
+def runnable_others(n_hogs: int) -> int:
+    """Runnable tasks right now (Linux /proc/loadavg), less this script and the hogs."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+    return max(0, running - 1 - n_hogs)
 
 
 @contextmanager
@@ -62,6 +72,7 @@ def run_specdec(args: argparse.Namespace, env: dict[str, str], n_hogs: int) -> M
         cmd += ["-m", args.model]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    others = runnable_others(n_hogs)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout,
                           cwd=tempfile.gettempdir())
@@ -69,7 +80,7 @@ def run_specdec(args: argparse.Namespace, env: dict[str, str], n_hogs: int) -> M
     if done.returncode != 0:
         raise SystemExit(f"specdec run failed ({done.returncode}): {done.stderr.strip()}")
     stats = json.loads(done.stdout)["stats"]
-    return Measurement("specdec", n_hogs, stats["tokens_per_s"], stats["n_generated"], round(wall, 2))
+    return Measurement("specdec", n_hogs, stats["tokens_per_s"], stats["n_generated"], round(wall, 2), others)
 
 
 def _free_port() -> int:
@@ -108,12 +119,13 @@ def run_server(url: str, args: argparse.Namespace, n_hogs: int) -> Measurement:
     body = json.dumps({"prompt": PROMPT, "n_predict": args.max_tokens, "temperature": 0,
                        "cache_prompt": False}).encode()
     request = urllib.request.Request(f"{url}/completion", data=body, headers={"Content-Type": "application/json"})
+    others = runnable_others(n_hogs)
     t0 = time.perf_counter()
     with urllib.request.urlopen(request, timeout=args.timeout) as answer:
         doc = json.load(answer)
     timings = doc["timings"]
     return Measurement("llama-server", n_hogs, round(timings["predicted_per_second"], 2),
-                       timings["predicted_n"], round(time.perf_counter() - t0, 2))
+                       timings["predicted_n"], round(time.perf_counter() - t0, 2), others)
 
 
 def model_path(args: argparse.Namespace, env: dict[str, str]) -> str:
@@ -155,11 +167,13 @@ def main() -> None:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
-    print(f"{'engine':<14}{'hogs':>5}{'tok/s':>9}{'vs idle':>9}{'tokens':>8}{'wall s':>8}")
+    print(f"{'engine':<14}{'hogs':>5}{'tok/s':>9}{'vs idle':>9}{'tokens':>8}{'wall s':>8}{'others':>8}")
     idle = {m.engine: m.tokens_per_s for m in results if m.hogs == 0}
     for m in results:
         ratio = m.tokens_per_s / idle[m.engine] if idle.get(m.engine) else float("nan")
-        print(f"{m.engine:<14}{m.hogs:>5}{m.tokens_per_s:>9.1f}{ratio:>9.2f}{m.n_generated:>8}{m.wall_s:>8.1f}")
+        print(f"{m.engine:<14}{m.hogs:>5}{m.tokens_per_s:>9.1f}{ratio:>9.2f}{m.n_generated:>8}{m.wall_s:>8.1f}"
+              f"{m.others:>8}")
+    print("others: other runnable processes when a run started; anything but 0 means the machine was not idle")
     print(f"({time.perf_counter() - t_start:.0f} s in all; {os.cpu_count()} CPUs; extra env: {args.env or 'none'})")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": args.env, "cpus": os.cpu_count(),

@@ -20,7 +20,8 @@ from specdec_cli import cli
 
 pytestmark = pytest.mark.slow
 
-BASE = {"PROMPT": "hi", "--max-tokens": "2", "--ctx": "256"}
+# Stopping at the first space ends even a run with a huge --max-tokens within a few tokens.
+BASE = {"PROMPT": "hi", "--max-tokens": "2", "--ctx": "256", "--stop": " "}
 NOT_UTF8 = b"\xff\xfe"
 NUMERIC_VALUES = ["0", "-1", "nan", "inf", "", NOT_UTF8]  # and the type's own huge value:
 HUGE = {int: str(1 << 70), float: "1e308"}
