@@ -18,14 +18,16 @@ from typing import Callable
 import numpy as np
 
 from . import _native as nat
+from .devices import offload_plan
 from .drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter, DraftTree
 from .errors import SpecdecError, UsageError
 from .exactness import exactness_rule
 from .history import History
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
-from .metrics import DepthCounter, GenerationStats, decode_rate, tokens_per_step
+from .metrics import DepthCounter, GenerationStats, decode_rate, rows_per_token, tokens_per_step
 from .options import EngineConfig, SamplingParams, default_kv_types
 from .prefill.backend import open_prefiller, prefill_with_fallback
+from .prefill.progress import export_progress
 from .policy import SpeculationPolicy, prior_curve
 from .text_stream import TextStream
 
@@ -52,13 +54,25 @@ class Generator:
         # llama.cpp caps a batch at the requested context size (and aborts on a larger one).
         self.config.n_batch = min(self.config.n_batch, self.config.n_ctx)
         self.model_path = Path(model_path)
+        self.offload = offload_plan(self.model_path, self.config.gpu_layers, n_ctx=self.config.n_ctx,
+                                    n_batch=self.config.n_batch, kv_k=self.config.kv_k, kv_v=self.config.kv_v)
+        if self.offload.warning:
+            _warn(self.offload.warning)
+        # Why `auto` cannot speculate here, if it cannot: set when no batch is exact.
+        self.plain_reason: str | None = None
         if self.config.exact:
-            rule = exactness_rule(self.model_path, verbose=self.config.verbose, n_threads=self.config.n_threads)
+            rule = exactness_rule(self.model_path, verbose=self.config.verbose, n_threads=self.config.n_threads,
+                                  backend=self.offload.backend, n_gpu_layers=self.offload.n_gpu_layers,
+                                  kv_types=(self.config.kv_k, self.config.kv_v))
             self.repacked_weights, self.verify_batch = rule.repacked_weights, rule.max_verify_batch
+            if self.verify_batch <= 1:
+                self.plain_reason = (f"exact mode: on {self.offload.backend} no batch of more than one token "
+                                     f"decodes bit-identically to one-token decoding for this model (probed), "
+                                     f"so auto decodes plainly")
         else:
             self.repacked_weights, self.verify_batch = repacked_weights_safe(), self.config.n_batch
         self.model = LlamaModel(self.model_path, repacked_weights=self.repacked_weights,
-                                verbose=self.config.verbose)
+                                verbose=self.config.verbose, n_gpu_layers=self.offload.n_gpu_layers)
         # Flash attention on (as llama.cpp's `auto` picks on a CPU): below 64 query rows its
         # CPU kernel sums each row the same way whatever the batch, which keeps exact-mode
         # verification exact (see exactness.py), and with f16 K/V prefill takes its tiled kernel.
@@ -77,7 +91,7 @@ class Generator:
         self.history = history  # earlier prompts and outputs: drafted from, and added to
         self.prefiller = open_prefiller(self.model_path, self.config.prefill, self.config.ep,
                                         n_threads=self.ctx.n_threads, kv_types=(self.config.kv_k, self.config.kv_v),
-                                        warn=_warn)
+                                        warn=_warn, progress=export_progress())
         # `--draft auto` asks it for each step's sizes: the session's, from the device's
         # measured profile (tuning.py); without one, the built-in prior curve.
         self.policy = policy
@@ -117,9 +131,14 @@ class Generator:
             raise SpecdecError(f"the prompt has {len(prompt)} tokens but the context holds {self.ctx.n_ctx}; "
                                f"use a larger --ctx or a shorter prompt")
         tree_size, draft_len = self._resolve_sizes(draft)
+        plain = draft.mode == "auto" and self.plain_reason is not None
+        if plain:  # verifying a draft would cost a one-token call per row: it cannot pay
+            tree_size, draft_len = 1, 0
         stats = GenerationStats(n_prompt=len(prompt), draft=draft.mode, tree_size=tree_size, draft_len=draft_len,
                                 engine="exact" if self.config.exact else "fast", kv_cache=self.config.kv_k if self.config.kv_k == self.config.kv_v
-                                else f"{self.config.kv_k}/{self.config.kv_v}")
+                                else f"{self.config.kv_k}/{self.config.kv_v}",
+                                backend=self.offload.backend, gpu_layers=self.offload.n_gpu_layers,
+                                plain_reason=self.plain_reason if plain else None)
         sampler = None
         if not sampling.greedy:
             # A drawn seed has 53 bits, so that JSON readers that hold numbers as doubles
@@ -145,7 +164,7 @@ class Generator:
         self.drafter.observe(prompt)
         root = int(prompt[-1])
         deferred: list[int] = []  # verified tokens whose KV cells are written in the next step
-        policy = self._auto_policy(tree_size, draft_len) if draft.mode == "auto" else None
+        policy = self._auto_policy(tree_size, draft_len) if draft.mode == "auto" and not plain else None
         chain_source = CHAIN_SOURCE[draft.mode]
         t_decode = time.perf_counter()
         try:
@@ -175,6 +194,7 @@ class Generator:
                 depths.add(step.tree.depth, len(step.accepted) - 1)
                 stats.steps += 1
                 stats.speculative_steps += step.tree.size > 1
+                stats.rows_verified += step.tree.size
                 if stats.steps == 1:
                     stats.ttft_s = time.perf_counter() - t0
                 done = False
@@ -212,6 +232,7 @@ class Generator:
         after_first = stats.decode_s - (stats.ttft_s - stats.prefill_s) if stats.steps > 1 else stats.decode_s
         stats.tokens_per_s = round(decode_rate(len(out), after_first), 2)
         stats.tokens_per_step = round(tokens_per_step(n_emitted, stats.steps), 4)
+        stats.rows_per_token = round(rows_per_token(stats.rows_verified, n_emitted), 4)
         stats.accept_rate_by_depth = depths.rates()
         stats.kv_bytes = self.ctx.kv_bytes(0)
         for name in ("prefill_s", "decode_s", "ttft_s"):
@@ -268,8 +289,8 @@ class Generator:
             del self._kv_tokens[keep:]
         pos = keep
         stats.prefill_backend = "llama"
-        # ONNX writes whole sequences from position 0, so only a prompt with no cached prefix.
-        if keep == 0 and prefill_with_fallback(self.prefiller, self.ctx, body, self.config.n_seq_max, warn=_warn):
+        # ONNX continues from the cached prefix too (a chat turn's new tokens)
+        if prefill_with_fallback(self.prefiller, self.ctx, body, self.config.n_seq_max, start=keep, warn=_warn):
             pos = len(body)
             stats.prefill_backend = self.prefiller.backend_name
         try:

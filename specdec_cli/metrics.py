@@ -9,6 +9,8 @@
 - tokens per step: tokens a verification step emits (accepted drafts + the bonus token),
   averaged over steps; an end-of-generation token counts as emitted, so plain decoding
   reads exactly 1.0. For llama-server: predicted / (predicted - accepted drafts).
+- rows per token: rows verified (every step's root and drafted nodes) per token emitted.
+  For llama-server: (steps + drafted tokens) / predicted.
 """
 
 from __future__ import annotations
@@ -24,9 +26,20 @@ def tokens_per_step(n_emitted: int, steps: int) -> float:
     return n_emitted / steps if steps > 0 else 0.0
 
 
+def rows_per_token(rows: int, n_emitted: int) -> float:
+    """Rows verified per token emitted: 1.0 for plain decoding; what a draft costs in
+    compute per token it brings (rows are what a step's cost grows with)."""
+    return rows / n_emitted if n_emitted > 0 else 0.0
+
+
 def server_tokens_per_step(n_predicted: int, n_draft_accepted: int) -> float:
     """llama-server: every forward pass emits one token plus the drafts it accepted."""
     return tokens_per_step(n_predicted, n_predicted - n_draft_accepted)
+
+
+def server_rows_per_token(n_predicted: int, n_drafted: int, n_draft_accepted: int) -> float:
+    """llama-server: every forward pass verifies one row plus the tokens it drafted."""
+    return rows_per_token(n_predicted - n_draft_accepted + n_drafted, n_predicted)
 
 
 @dataclass
@@ -42,6 +55,8 @@ class GenerationStats:
     tokens_per_s: float = 0.0  # decode_rate: generated tokens over the time after the first step
     steps: int = 0
     speculative_steps: int = 0
+    rows_verified: int = 0  # tree nodes decoded by all steps: what speculation paid for its tokens
+    rows_per_token: float = 0.0  # plain decoding reads exactly 1.0
     tokens_per_step: float = 0.0  # plain decoding reads exactly 1.0
     engine: str = "fast"  # "fast" | "exact" (EngineConfig.exact)
     draft: str = "none"
@@ -57,6 +72,10 @@ class GenerationStats:
     kv_cache: str = "f16"
     kv_bytes: int = 0
     prefill_backend: str = "llama"
+    backend: str = "CPU"  # where the offloaded layers run: "CPU" or a GPU backend ("CUDA", "Metal", ...)
+    gpu_layers: int = 0  # layers on it, the output layer counted (offload.OffloadPlan)
+    # Why `--draft auto` decoded plainly throughout, when it had to (no exact batch > 1).
+    plain_reason: str | None = None
     seed: int | None = None  # the sampling seed (drawn when none was given); None when greedy
 
     def to_dict(self) -> dict:

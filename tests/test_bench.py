@@ -87,7 +87,8 @@ def test_llama_server_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def _sample(method: str, family: str, qid: str, category: str, tok_s: float, e2e: float, same_none, same_server):
     return Sample(method, family, qid, category, tokens_per_s=tok_s, ttft_s=0.1, e2e_s=e2e,
-                  tokens_per_step=2.0 if method == "hybrid" else 1.0, n_generated=16, rss_bytes=2**28,
+                  tokens_per_step=2.0 if method == "hybrid" else 1.0,
+                  rows_per_token=1.5 if method == "hybrid" else 1.0, n_generated=16, rss_bytes=2**28,
                   same_as_none=same_none, same_as_server=same_server)
 
 
@@ -176,7 +177,7 @@ def test_bench_cli_small_real_run(run_specdec, smollm2_gguf: Path, tmp_path: Pat
     assert all(r["tokens_per_s"] > 0 and r["e2e_s"] > 0 and r["ttft_ms"] > 0 for r in doc["results"])
     control = {r["category"]: r for r in doc["results"] if r["method"] == "control"}
     assert control["overall"]["same_as_none"] == 2 and control["overall"]["speedup"] > 0
-    assert control["overall"]["tokens_per_step"] == 1.0
+    assert control["overall"]["tokens_per_step"] == 1.0 and control["overall"]["rows_per_token"] == 1.0
 
     bad = run_specdec("bench", "-m", str(smollm2_gguf), "--prompts", str(_write(tmp_path / "bad.jsonl", ["{"])))
     assert bad.returncode == 2 and "line 1" in bad.stderr
@@ -257,5 +258,7 @@ def test_bench_interleaves_server_methods_per_prompt(run_specdec, smollm2_gguf: 
     rows = {(r["method"], r["category"]): r for r in doc["results"]}
     assert rows[("server", "overall")]["tokens_per_s"] == 50.0
     assert rows[("server:ngram-simple", "overall")]["tokens_per_step"] == pytest.approx(4 / 2)
+    # 2 passes for 4 tokens, verifying 2 rows + 6 drafted tokens
+    assert rows[("server:ngram-simple", "overall")]["rows_per_token"] == pytest.approx((2 + 6) / 4)
     assert rows[("none", "overall")]["vs_server"] > 0 and rows[("none", "overall")]["e2e_vs_server"] > 0
     assert doc["header"]["llama_server"].endswith("(version: 0 (stub))")

@@ -13,7 +13,7 @@ from .summary import OVERALL, MethodRow
 
 FORMATS = ("table", "json", "csv", "md")
 _COLUMNS = ("method", "category", "prompts", "tok/s", "speedup", "vs server", "e2e s", "e2e vs server",
-            "tok/step", "TTFT ms", "RSS MB", "= none", "= server")
+            "tok/step", "rows/tok", "TTFT ms", "RSS MB", "= none", "= server")
 
 
 def _fmt(value: float | None, pattern: str, suffix: str = "") -> str:
@@ -29,7 +29,8 @@ def _same_cell(count: int | None, row: MethodRow, reference: str) -> str:
 def _row_cells(row: MethodRow) -> list[str]:
     return [row.method, row.category, str(row.n_prompts), _fmt(row.tokens_per_s, ".1f"),
             _fmt(row.speedup, ".2f", "x"), _fmt(row.vs_server, ".2f", "x"), _fmt(row.e2e_s, ".2f"),
-            _fmt(row.e2e_vs_server, ".2f", "x"), _fmt(row.tokens_per_step, ".2f"), _fmt(row.ttft_ms, ".0f"),
+            _fmt(row.e2e_vs_server, ".2f", "x"), _fmt(row.tokens_per_step, ".2f"),
+            _fmt(row.rows_per_token, ".2f"), _fmt(row.ttft_ms, ".0f"),
             _fmt(row.peak_rss_mb, ".0f"), _same_cell(row.same_as_none, row, "none"),
             _same_cell(row.same_as_server, row, "server")]
 

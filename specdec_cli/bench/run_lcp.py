@@ -76,7 +76,7 @@ class LcpRunner:
         out, n_tokens, elapsed, ttft = self._complete(spec, text, self.max_tokens)
         return Run(tokens=None, text=out, n_generated=n_tokens,
                    tokens_per_s=decode_rate(n_tokens, elapsed - ttft), ttft_s=ttft, e2e_s=elapsed,
-                   tokens_per_step=None, rss_bytes=psutil.Process().memory_info().rss)
+                   tokens_per_step=None, rows_per_token=None, rss_bytes=psutil.Process().memory_info().rss)
 
     def close(self) -> None:
         self.plain.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import SpecdecError
-from ..metrics import server_tokens_per_step
+from ..metrics import server_rows_per_token, server_tokens_per_step
 from .methods import MethodSpec
 from .samples import Run
 
@@ -153,6 +153,8 @@ class ServerRunner:
                    tokens_per_s=float(timings.get("predicted_per_second") or 0.0), ttft_s=ttft,
                    e2e_s=ttft + float(timings.get("predicted_ms") or 0.0) / 1000,
                    tokens_per_step=server_tokens_per_step(n, int(accepted or 0)) if n else None,
+                   rows_per_token=server_rows_per_token(n, int(timings.get("draft_n") or 0), int(accepted or 0))
+                   if n else None,
                    rss_bytes=server.rss_bytes())
 
     def close(self) -> None:

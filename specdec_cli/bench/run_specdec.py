@@ -41,6 +41,7 @@ class SpecdecRunner:
         return Run(tokens=result.tokens, text=result.text, n_generated=s.n_generated,
                    tokens_per_s=s.tokens_per_s, ttft_s=self._prefill_s + first_step_s,
                    e2e_s=self._prefill_s + s.decode_s, tokens_per_step=s.tokens_per_step,
+                   rows_per_token=s.rows_per_token,
                    rss_bytes=psutil.Process().memory_info().rss)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ class Run:
     ttft_s: float
     e2e_s: float
     tokens_per_step: float | None  # None where the tool doesn't say
+    rows_per_token: float | None
     rss_bytes: int
 
 
@@ -47,6 +48,7 @@ class Sample:
     ttft_s: float
     e2e_s: float
     tokens_per_step: float | None
+    rows_per_token: float | None
     n_generated: int
     rss_bytes: int
     same_as_none: bool | None  # output equals our plain decoding's (None: not compared)
@@ -59,11 +61,13 @@ class Sample:
 def sample_from_runs(method: str, family: str, question_id: str, category: str, runs: list[Run],
                      same_as_none: bool | None, same_as_server: bool | None) -> Sample:
     steps = [r.tokens_per_step for r in runs if r.tokens_per_step is not None]
+    rows = [r.rows_per_token for r in runs if r.rows_per_token is not None]
     return Sample(method=method, family=family, question_id=question_id, category=category,
                   tokens_per_s=statistics.median(r.tokens_per_s for r in runs),
                   ttft_s=statistics.median(r.ttft_s for r in runs),
                   e2e_s=statistics.median(r.e2e_s for r in runs),
                   tokens_per_step=statistics.fmean(steps) if steps else None,
+                  rows_per_token=statistics.fmean(rows) if rows else None,
                   n_generated=runs[0].n_generated, rss_bytes=max(r.rss_bytes for r in runs),
                   same_as_none=same_as_none, same_as_server=same_as_server)
 

@@ -24,6 +24,7 @@ class MethodRow:
     e2e_s: float  # median end-to-end seconds
     e2e_vs_server: float | None  # median paired ratio llama-server e2e / this e2e
     tokens_per_step: float | None
+    rows_per_token: float | None  # rows verified per token: the compute a method spends per token
     ttft_ms: float
     peak_rss_mb: float
     same_as_none: int | None  # prompts whose output equals our plain decoding's
@@ -65,6 +66,7 @@ def summarize(samples: list[Sample], methods: list[str]) -> list[MethodRow]:
             if not group:
                 continue
             steps = [s.tokens_per_step for s in group if s.tokens_per_step is not None]
+            costs = [s.rows_per_token for s in group if s.rows_per_token is not None]
             rows.append(MethodRow(
                 method=method, family=group[0].family, category=category,
                 n_prompts=len({s.question_id for s in group}),
@@ -74,6 +76,7 @@ def summarize(samples: list[Sample], methods: list[str]) -> list[MethodRow]:
                 e2e_s=round(statistics.median(s.e2e_s for s in group), 3),
                 e2e_vs_server=_round(_median(s.e2e_vs_server for s in group), 3),
                 tokens_per_step=round(statistics.fmean(steps), 3) if steps else None,
+                rows_per_token=round(statistics.fmean(costs), 3) if costs else None,
                 ttft_ms=round(statistics.median(s.ttft_s for s in group) * 1000, 1),
                 peak_rss_mb=round(max(s.rss_bytes for s in group) / 2**20, 1),
                 same_as_none=_count([s.same_as_none for s in group]),
