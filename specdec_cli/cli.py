@@ -96,6 +96,7 @@ def run(
     kv_v: opt.KvV = None,
     ctx: opt.Ctx = 4096,
     threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = "auto",
     prefill: opt.Prefill = "auto",
     ep: opt.Ep = None,
     raw: opt.Raw = False,
@@ -113,7 +114,7 @@ def run(
     options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
                          verbose=verbose, draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep,
-                         exact=exact, history=not no_history)
+                         exact=exact, history=not no_history, gpu_layers=gpu_layers)
     session = open_session(options, progress=assembly_progress(not no_progress))
     tokens = session.prompt_tokens(text, system=system, raw=raw)
 
@@ -137,7 +138,9 @@ def run(
         stderr_console().print(
             f"[dim]{s.n_prompt} prompt tokens in {s.prefill_s:.2f}s, {s.n_generated} generated in "
             f"{s.decode_s:.2f}s ({s.tokens_per_s:.1f} tok/s), {s.steps} steps, "
-            f"{s.tokens_per_step:.2f} tokens/step, draft={s.draft}, kv={s.kv_cache}[/dim]")
+            f"{s.tokens_per_step:.2f} tokens/step, draft={s.draft}, kv={s.kv_cache}, backend={s.backend}"
+            f"{f' ({s.gpu_layers} GPU layers)' if s.gpu_layers else ''}"
+            f"{f'; {escape(s.plain_reason)}' if s.plain_reason else ''}[/dim]")
     if result.finish_reason == "context":
         stderr_console().print(f"warning: the context is full ({session.generator.ctx.n_ctx} tokens): generation "
                                f"stopped early; use a larger --ctx")
@@ -163,8 +166,14 @@ def devices(as_json: opt.Json = False) -> None:
               f"{report.ram_available_bytes / gib:.1f} GiB available")
     out.print(f"[bold]llama.cpp[/bold]  {report.llama_system_info}")
     for dev in report.llama_devices:
-        out.print(f"           device {dev.name} ({dev.type}): {dev.description}")
-    out.print(f"           GPU offload: {'yes' if report.gpu_offload else 'no'}")
+        memory = (f", {dev.free_bytes / gib:.1f} GiB free of {dev.total_bytes / gib:.1f} GiB"
+                  if dev.type in ("GPU", "IGPU") else "")
+        backend = f", {dev.backend}" if dev.backend not in (dev.name, dev.type) else ""
+        out.print(f"           device {dev.name} ({dev.type}{backend}): {dev.description}{memory}")
+    if report.gpu_backends:
+        out.print(f"           GPU backend: {', '.join(report.gpu_backends)} (--gpu-layers auto offloads what fits)")
+    else:
+        out.print("           GPU backend: none in this build (README, 'GPU offload' shows how to install one)")
     out.print(f"[bold]onnxruntime[/bold] {report.onnxruntime_version}: {', '.join(report.onnxruntime_providers)}")
     for dev in report.onnxruntime_devices:
         out.print(f"           {dev.provider} ({dev.type}): {dev.description}")

@@ -51,6 +51,7 @@ def bench(
     seed: opt.Seed = None,
     exact: opt.Exact = None,
     threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = "auto",
     kv_cache: opt.KvCache = None,
     ctx: opt.Ctx = 4096,
     verbose: opt.Verbose = False,
@@ -85,6 +86,7 @@ def bench(
     err = stderr_console()
     session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
                                       temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
+                                      gpu_layers=gpu_layers,
                                       # a method must not draft from what another one generated
                                       history=False),
                            progress=assembly_progress(not no_progress))

@@ -79,6 +79,7 @@ def chat(
     kv_v: opt.KvV = None,
     ctx: opt.Ctx = 4096,
     threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = "auto",
     temp: opt.Temp = 0.0,
     top_k: opt.TopK = 40,
     top_p: opt.TopP = 0.95,
@@ -100,7 +101,7 @@ def chat(
                          verbose=verbose,
                          draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
-                         history=not no_history)
+                         history=not no_history, gpu_layers=gpu_layers)
     sessions = [open_session(options, progress=assembly_progress(interactive))]
     session = sessions[0]
 
@@ -270,7 +271,10 @@ def _show_stats(chat_session, alias: str, screen: _Screen) -> None:
         lines.append(f"last reply: {last.n_generated} tokens in {last.decode_s:.2f}s ({last.tokens_per_s:.1f} tok/s), "
                      f"{last.steps} steps, {last.tokens_per_step:.2f} tokens/step, "
                      f"time to first token {last.ttft_s:.3f}s, prompt {last.n_prompt} tokens "
-                     f"({last.n_prompt_prefilled} prefilled), kv {last.kv_cache}")
+                     f"({last.n_prompt_prefilled} prefilled), kv {last.kv_cache}, backend {last.backend}"
+                     f"{f' ({last.gpu_layers} GPU layers)' if last.gpu_layers else ''}")
+        if last.plain_reason:
+            lines.append(last.plain_reason)
     else:
         lines.append("no replies yet")
     screen.info("\n".join(lines))

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from .drafting import DRAFT_MODES, DraftSettings
+from .errors import UsageError
+from .offload import parse_gpu_layers
 from .options import KV_CHOICES
 
 PREFILL_CHOICES = ("auto", "llama", "onnx")  # prefill.backend.PREFILL_MODES, without importing onnxruntime
@@ -134,6 +136,19 @@ NoProgress = Annotated[bool, typer.Option("--no-progress", envvar=_env("no-progr
                                           help="No progress bars.")]
 Prefill = Annotated[str, typer.Option(envvar=_env("prefill"), callback=_choice(PREFILL_CHOICES),
                                         help="Prefill backend: auto (ONNX on an NPU, else llama.cpp) | llama | onnx.")]
+
+
+def _check_gpu_layers(value: str) -> str:
+    try:
+        return parse_gpu_layers(value)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+GpuLayers = Annotated[str, typer.Option("--gpu-layers", "-ngl", envvar=_env("gpu-layers"), callback=_check_gpu_layers,
+                                        metavar="N|all|auto",
+                                        help="Layers on the GPU: N, all, or auto (as many as fit in a GPU's free "
+                                             "memory; none on a build without a GPU backend).")]
 Ep = Annotated[Optional[str], typer.Option("--ep", envvar=_env("ep"), callback=utf8_text,
                                            help="onnxruntime execution provider for ONNX prefill (qnn, openvino, "
                                                 "coreml, vitisai, dml, cuda, cpu).")]

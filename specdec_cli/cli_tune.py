@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import cli_options as opt
@@ -28,6 +29,7 @@ def tune(
     kv_k: opt.KvK = None,
     kv_v: opt.KvV = None,
     threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = "auto",
     exact: opt.Exact = None,
     as_json: opt.Json = False,
     verbose: opt.Verbose = False,
@@ -40,7 +42,7 @@ def tune(
     from .session import RunOptions, open_session
 
     session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, kv_k=kv_k,
-                                      kv_v=kv_v, verbose=verbose, exact=exact),
+                                      kv_v=kv_v, verbose=verbose, exact=exact, gpu_layers=gpu_layers),
                            progress=assembly_progress(True))
     generator = session.generator
     try:
@@ -57,13 +59,17 @@ def tune(
         doc = _profile_doc(profile)
         doc["model"] = session.alias
         doc["seconds"] = round(elapsed, 3)
+        doc["plain_reason"] = generator.plain_reason  # measured anyway; `auto` will not use the curve
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
         out = stdout_console()
-        out.print(f"[bold]{session.alias}[/bold] on {profile.device} (verify batch {profile.verify_batch}), "
+        out.print(f"[bold]{session.alias}[/bold] on {profile.device} ({_where(profile)}, "
+                  f"verify batch {profile.verify_batch}), "
                   f"measured in {elapsed:.1f}s"
                   + (f"; measured again: k = {', '.join(map(str, profile.rechecked))}" if profile.rechecked else ""))
         out.print(_curve_table(profile))
+        if generator.plain_reason:
+            out.print(f"note: {escape(generator.plain_reason)}")
     if not stored:  # storing it is what tune is for; the warning said why it failed
         raise SpecdecError(f"the profile could not be stored in {path.parent}")
 
@@ -83,9 +89,13 @@ def _show(as_json: bool) -> None:
             out.print(f"[bold]{path.name}[/bold]  corrupt: ignored, the next `specdec tune` rebuilds it")
             continue
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.created))
-        out.print(f"[bold]{path.name}[/bold]  {profile.model_path}\n  {profile.device}, {when}"
+        out.print(f"[bold]{path.name}[/bold]  {profile.model_path}\n  {profile.device}, {_where(profile)}, {when}"
                   f"{' (quick)' if profile.quick else ''}")
         out.print(_curve_table(profile))
+
+
+def _where(profile: Profile) -> str:
+    return f"{profile.backend}, {profile.gpu_layers} GPU layers" if profile.gpu_layers else "CPU"
 
 
 def _profile_doc(profile: Profile) -> dict:

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import psutil
 
+from .gguf_file import check_gguf
+from .offload import GpuDevice, OffloadPlan, model_footprint, plan_offload
+
 _SIMD_FLAGS = ("sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512vnni",
                "avx512_bf16", "amx_tile", "neon", "asimd", "sve", "dotprod", "asimddp", "i8mm")
 _GGML_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
+_GPU_TYPES = ("GPU", "IGPU")
 
 
 @dataclass
@@ -21,6 +25,9 @@ class BackendDevice:
     name: str
     description: str
     type: str
+    backend: str = ""  # the ggml backend it belongs to: CPU, CUDA, Metal, Vulkan, ...
+    free_bytes: int = 0
+    total_bytes: int = 0
 
 
 @dataclass
@@ -51,9 +58,15 @@ class DeviceReport:
     def has_npu(self) -> bool:
         return bool(self.npu_providers)
 
+    @property
+    def gpu_backends(self) -> list[str]:
+        """The GPU backends compiled into this llama.cpp build (none: a CPU-only build)."""
+        return sorted({d.backend for d in self.llama_devices if d.type in _GPU_TYPES})
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["has_npu"] = self.has_npu
+        data["gpu_backends"] = self.gpu_backends
         return data
 
     def fingerprint(self) -> str:
@@ -117,14 +130,45 @@ def llama_backend_devices() -> list[BackendDevice]:
         fn.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_dev_type.restype = ctypes.c_int
     lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_memory.restype = None
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                            ctypes.POINTER(ctypes.c_size_t)]
+    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
+    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
     devices = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         devices.append(BackendDevice(
             name=(lib.ggml_backend_dev_name(dev) or b"").decode(),
             description=(lib.ggml_backend_dev_description(dev) or b"").decode(),
-            type=_GGML_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "OTHER")))
+            type=_GGML_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "OTHER"),
+            backend=(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) or b"").decode(),
+            free_bytes=free.value, total_bytes=total.value))
     return devices
+
+
+def gpu_devices() -> list[GpuDevice]:
+    """The GPUs llama.cpp can offload layers to, with their free memory now (RPC servers
+    are remote machines, not this one's GPUs)."""
+    return [GpuDevice(name=d.name, backend=d.backend, description=d.description, integrated=d.type == "IGPU",
+                      free_bytes=d.free_bytes, total_bytes=d.total_bytes)
+            for d in llama_backend_devices() if d.type in _GPU_TYPES and d.backend != "RPC"]
+
+
+def offload_plan(model_path: Path, request: str, *, n_ctx: int, n_batch: int, kv_k: str, kv_v: str) -> OffloadPlan:
+    """offload.plan_offload for this model on this machine's GPUs; the GGUF header is only
+    read when there is a GPU to plan for."""
+    devices = gpu_devices()
+    footprint = None
+    if devices:
+        info = check_gguf(model_path)
+        footprint = model_footprint(info.metadata, info.architecture, file_size=info.file_size,
+                                    n_vocab=info.n_vocab, n_ctx=n_ctx, n_batch=n_batch, kv_k=kv_k, kv_v=kv_v)
+    return plan_offload(request, devices, footprint)
 
 
 def onnxruntime_devices() -> tuple[str, list[str], list[OrtDevice]]:

@@ -17,6 +17,10 @@ query row takes ggml's split-KV attention path (threads sum partial softmaxes), 
 contexts a one-token decode can differ from the same row in a batch by float rounding.
 Greedy outputs then only differ where the top two logits are within that rounding — the
 lossless tests check exactly that (tests/test_lossless.py).
+
+A GPU backend has kernels of its own (per batch size, per KV type), so the rule is probed
+and kept per (model file, backend, GPU layers, KV types), with the probe run on exactly
+that offload and cache.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from .gguf_file import file_sha256
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
+from .options import default_kv_types
 from .paths import cache_dir, write_cache_file
 
 PROBE_TEXT = ("The committee met on Tuesday to review the budget. After a long discussion, "
@@ -37,8 +42,8 @@ PROBE_TOKENS = 32
 # Largest verification batch tried per weight layout, fastest first; all stay below
 # flash attention's tiled kernel.
 BATCH_CANDIDATES = (32, 16, 8, 7, 4, 2)
-RULE_VERSION = 2
-_probed: dict[str, "ExactnessRule"] = {}  # rules whose cache file could not be written, by model hash
+RULE_VERSION = 3
+_probed: dict[str, "ExactnessRule"] = {}  # rules whose cache file could not be written, by cache key
 
 
 @dataclass(frozen=True)
@@ -47,31 +52,37 @@ class ExactnessRule:
     max_verify_batch: int  # 1 = batched verification is never exact: speculation cannot pay
 
 
-def exactness_rule(model_path: Path, verbose: bool = False, n_threads: int | None = None) -> ExactnessRule:
-    """The cached rule for this model file, probing it the first time (with the run's
-    thread count: on a busy machine more threads than free cores make it crawl)."""
-    sha256 = file_sha256(model_path)
-    if sha256 in _probed:  # the cache could not be written
-        return _probed[sha256]
-    cache = cache_dir() / "exactness" / f"{sha256}.json"
+def exactness_rule(model_path: Path, verbose: bool = False, n_threads: int | None = None, *,
+                   backend: str = "CPU", n_gpu_layers: int = 0,
+                   kv_types: tuple[str, str] | None = None) -> ExactnessRule:
+    """The cached rule for this model file on this backend, layer split and KV cache
+    (default: the exact mode's), probing it the first time (with the run's thread count:
+    on a busy machine more threads than free cores make it crawl)."""
+    kv_k, kv_v = kv_types or default_kv_types(exact=True)
+    key = f"{file_sha256(model_path)}-{backend}-{n_gpu_layers}-{kv_k}-{kv_v}"
+    if key in _probed:  # the cache could not be written
+        return _probed[key]
+    cache = cache_dir() / "exactness" / f"{key}.json"
     try:
         data = json.loads(cache.read_text())
         if data.pop("version") == RULE_VERSION:
             return ExactnessRule(**data)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    rule = probe_exactness(model_path, verbose=verbose, n_threads=n_threads)
+    rule = probe_exactness(model_path, verbose=verbose, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                           kv_types=(kv_k, kv_v))
     if not write_cache_file(cache, json.dumps({"version": RULE_VERSION, **asdict(rule)})):
-        _probed[sha256] = rule
+        _probed[key] = rule
     return rule
 
 
-def probe_exactness(model_path: Path, verbose: bool = False, n_threads: int | None = None) -> ExactnessRule:
+def probe_exactness(model_path: Path, verbose: bool = False, n_threads: int | None = None, *,
+                    n_gpu_layers: int = 0, kv_types: tuple[str, str] = default_kv_types(exact=True)) -> ExactnessRule:
     best = ExactnessRule(False, 1)
     for repacked in (True, False) if repacked_weights_safe() else (False,):
-        model = LlamaModel(model_path, repacked_weights=repacked, verbose=verbose)
+        model = LlamaModel(model_path, repacked_weights=repacked, verbose=verbose, n_gpu_layers=n_gpu_layers)
         try:
-            size = _largest_exact_batch(model, n_threads)
+            size = _largest_exact_batch(model, n_threads, kv_types)
         finally:
             model.close()
         if size > best.max_verify_batch:
@@ -81,12 +92,12 @@ def probe_exactness(model_path: Path, verbose: bool = False, n_threads: int | No
     return best
 
 
-def _largest_exact_batch(model: LlamaModel, n_threads: int | None = None) -> int:
+def _largest_exact_batch(model: LlamaModel, n_threads: int | None, kv_types: tuple[str, str]) -> int:
     """Decode a greedy chain one token per llama_decode, then again in calls of at most N
     tokens in the same context (so both see the same prompt cells); the largest N whose
     logits are bit-identical."""
     ctx = LlamaContext(model, ContextConfig(n_ctx=512, n_batch=128, n_seq_max=1, n_threads=n_threads,
-                                            flash_attn=True))
+                                            kv_k=kv_types[0], kv_v=kv_types[1], flash_attn=True))
     batch = TokenBatch(128, 1)
     seq0 = np.zeros(1, dtype=np.int32)
     prompt = model.tokenize(PROBE_TEXT, add_special=True, parse_special=False)

@@ -121,6 +121,7 @@ class LlamaModel:
         # The repacked CPU weight layout makes batched matmuls take a different code path
         # than single-token ones on some quant types (docs/DESIGN.md, Engine modes).
         params.use_extra_bufts = repacked_weights and repacked_weights_safe()
+        self.n_gpu_layers = n_gpu_layers
         self.path = Path(path)
         with interrupt_after() as pressed:
             # Returning false stops the load, so Ctrl-C does not wait for a large model.
@@ -128,7 +129,8 @@ class LlamaModel:
             params.progress_callback = progress
             self._ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
-            raise SpecdecError(f"llama.cpp failed to load model {self.path} (run with --verbose for details)")
+            gpu = f"; with {n_gpu_layers} layers on the GPU: fewer may fit" if n_gpu_layers else ""
+            raise SpecdecError(f"llama.cpp failed to load model {self.path} (run with --verbose for details{gpu})")
         self.vocab = lc.llama_model_get_vocab(self._ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self._ptr)
@@ -274,6 +276,10 @@ class LlamaContext:
         # Rolling back rejected draft cells is only safe with the full-size sliding-window cache.
         params.swa_full = True
         params.no_perf = True
+        # With no layer offloaded, a GPU build would still send large batches' matmuls to
+        # the GPU (weights copied per call): 0 GPU layers means the CPU, as the stats say,
+        # and exactness.py's probe for the CPU holds.
+        params.op_offload = model.n_gpu_layers != 0
         with interrupt_after():
             self._ptr = lc.llama_init_from_model(model.ptr, params)
         if not self._ptr:

@@ -67,3 +67,6 @@ class EngineConfig:
     verbose: bool = False
     prefill: str = "auto"  # auto | llama | onnx (prefill/backend.py)
     ep: str | None = None  # onnxruntime execution provider for ONNX prefill
+    # Layers on the GPU: "auto" (all that fit in a GPU's free memory, none on a CPU-only
+    # build), "all" or a count; offload.plan_offload decides, the Generator reports it.
+    gpu_layers: str = "auto"

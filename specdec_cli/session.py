@@ -44,6 +44,7 @@ class RunOptions:
     ep: str | None = None
     exact: bool | None = None  # None: the model's models.toml default, else the fast mode
     history: bool = True  # draft from, and add to, this model's history of earlier runs
+    gpu_layers: str = "auto"  # "auto" | "all" | a count (offload.plan_offload)
 
 
 @dataclass
@@ -121,7 +122,8 @@ def open_session(options: RunOptions, progress: Progress | None = None) -> Sessi
         tree_size=options.tree_size or DraftSettings.tree_size,
         draft_len=DraftSettings.draft_len if options.draft_len is None else options.draft_len)
     config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, exact=exact, kv_k=kv_k, kv_v=kv_v,
-                          verbose=options.verbose, prefill=options.prefill, ep=options.ep)
+                          verbose=options.verbose, prefill=options.prefill, ep=options.ep,
+                          gpu_layers=options.gpu_layers)
     matrix = cache_dir() / "recycling" / f"{file_sha256(resolved.path)}.matrix"
     try:
         generator = Generator(resolved.path, config,
@@ -136,7 +138,8 @@ def open_session(options: RunOptions, progress: Progress | None = None) -> Sessi
         raise UsageError(f"llama.cpp could not create a K={kv_k} V={kv_v} KV cache for this model "
                          "(or ran out of memory); try --kv-cache f16, a smaller --ctx, or --verbose") from None
     key = ProfileKey(fingerprint=device_fingerprint(), n_threads=generator.ctx.n_threads, kv_k=kv_k, kv_v=kv_v,
-                     engine="exact" if exact else "fast", model_sha256=file_sha256(resolved.path))
+                     engine="exact" if exact else "fast", model_sha256=file_sha256(resolved.path),
+                     backend=generator.offload.backend, gpu_layers=generator.offload.n_gpu_layers)
     generator.policy = policy_from_profile(load_profile(key.path()), generator.verify_batch,
                                            max_tree=draft.tree_size, max_chain=draft.draft_len)
     generator.policy.restore(_read_json(learned_path(key)))

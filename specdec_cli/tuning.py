@@ -1,6 +1,6 @@
 """`specdec tune`'s measurement and the profile store: this device's verification cost
 curve for one model, measured on a llama.cpp context, stored per (device, threads, KV
-types, engine mode, model file) under the cache dir, and turned into the policy that
+types, engine mode, GPU backend and layers, model file) under the cache dir, and turned into the policy that
 `--draft auto` uses (policy.py)."""
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class Profile:
     prefix_tokens: int
     rechecked: list[int]  # sizes measured again because they looked out of line
     curve: CostCurve
+    backend: str = "CPU"  # where the offloaded layers ran (profiles from before GPU offload: CPU)
+    gpu_layers: int = 0
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -82,10 +84,14 @@ class ProfileKey:
     kv_v: str
     engine: str
     model_sha256: str
+    backend: str = "CPU"  # offload.OffloadPlan: a GPU's curve is nearly flat, a CPU's steep
+    gpu_layers: int = 0
 
     @property
     def description(self) -> str:
-        return f"{self.fingerprint} threads={self.n_threads} kv={self.kv_k}/{self.kv_v} engine={self.engine}"
+        # A CPU run's key reads as before GPU offload existed, so its stored profiles stay found.
+        gpu = f" gpu={self.backend}:{self.gpu_layers}" if self.gpu_layers else ""
+        return f"{self.fingerprint} threads={self.n_threads} kv={self.kv_k}/{self.kv_v} engine={self.engine}{gpu}"
 
     @property
     def device_hash(self) -> str:
@@ -276,4 +282,5 @@ def measure_profile(ctx: LlamaContext, key: ProfileKey, *, model_path: Path, n_b
                    model_path=str(model_path), n_threads=key.n_threads,
                    kv_cache=key.kv_k if key.kv_k == key.kv_v else f"{key.kv_k}/{key.kv_v}", engine=key.engine,
                    verify_batch=verify_batch, quick=quick, created=round(time.time(), 3),
-                   prefix_tokens=PREFIX_TOKENS, rechecked=rechecked, curve=curve)
+                   prefix_tokens=PREFIX_TOKENS, rechecked=rechecked, curve=curve, backend=key.backend,
+                   gpu_layers=key.gpu_layers)

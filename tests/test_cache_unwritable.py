@@ -72,7 +72,7 @@ def test_exactness_rule_probed_once_without_a_cache(tmp_path: Path, monkeypatch:
     model.write_bytes(b"not really a model")
     probes = []
     monkeypatch.setattr(exactness, "probe_exactness",
-                        lambda path, verbose=False, n_threads=None: probes.append(n_threads) or
+                        lambda path, verbose=False, n_threads=None, **setting: probes.append(n_threads) or
                         exactness.ExactnessRule(False, 4))
     assert exactness.exactness_rule(model, n_threads=1) == exactness.ExactnessRule(False, 4)
     assert exactness.exactness_rule(model, n_threads=1) == exactness.ExactnessRule(False, 4)

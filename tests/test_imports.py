@@ -15,8 +15,8 @@ LAYERS = [
     ("front ends", ("session", "chat", "bench", "bench.*")),
     ("engine", ("generator",)),
     ("parts", ("drafting", "history", "exactness", "tuning", "prefill", "prefill.*", "registry", "hub", "devices")),
-    ("foundations", ("llama", "policy", "metrics", "options", "text_stream", "paths", "errors", "split_model", "gguf_file",
-                     "__init__")),
+    ("foundations", ("llama", "policy", "metrics", "options", "offload", "text_stream", "paths", "errors", "split_model",
+                     "gguf_file", "__init__")),
 ]
 
 
