@@ -19,6 +19,7 @@ import pytest
 
 from specdec_cli import _native as nat
 from specdec_cli.drafting import DRAFT_MODES, DraftSettings
+from specdec_cli.errors import UsageError
 from specdec_cli.generator import Generator
 from specdec_cli.options import EngineConfig, SamplingParams
 
@@ -229,7 +230,7 @@ TRAINING_PROMPTS = [
     "Explain how a bicycle works.",
     "Repeat the word 'hello' ten times.",
 ]
-NEW_TOKENS = 32
+NEW_TOKENS = 24
 # Small trees and chains keep the test fast (on a CPU a step costs about its rows);
 # `auto` chooses its own sizes under these caps.
 DRAFTS = {
@@ -285,7 +286,7 @@ def test_every_draft_mode_samples_the_plain_text(smollm2, prompts, plain):
     accepted = check_modes(smollm2, prompts, plain, [m for m in DRAFTS if m != "none"])
     # Speculation really happened: drafted tokens were accepted (not just plain steps).
     assert all(accepted[m] > 0 for m in ("ngram", "suffix", "recycling", "hybrid")), accepted
-    # The seeds matter: the texts differ between prompts and are not greedy decoding.
+    # Sampling really happened: the text is not greedy decoding's.
     greedy = smollm2.generate(prompts[3], max_tokens=NEW_TOKENS, draft=DRAFTS["none"])
     assert greedy.stats.seed is None and greedy.tokens != plain[3]
 
@@ -297,7 +298,7 @@ def test_same_text_after_the_matrix_learned_other_prompts(smollm2, prompts, plai
     rows = {t: matrix.row(t) for t in range(0, smollm2.n_vocab, 97)}
     for j, text in enumerate(TRAINING_PROMPTS):
         prompt = smollm2.tokenize(smollm2.render_chat([("user", text)]), special=True)
-        smollm2.generate(prompt, max_tokens=32, draft=DRAFTS["recycling"],
+        smollm2.generate(prompt, max_tokens=NEW_TOKENS, draft=DRAFTS["recycling"],
                          sampling=SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=j))
     assert matrix.filled_rows() > before or any((matrix.row(t) != r).any() for t, r in rows.items())
     check_modes(smollm2, prompts[:5], plain, ["recycling", "hybrid"])
@@ -326,9 +327,7 @@ def test_cli_rejects_seeds_out_of_range(run_specdec, seed: str):
 
 
 def test_library_rejects_seeds_out_of_range():
-    from specdec_cli.errors import UsageError
-
     for seed in (-1, 2**64):
-        with pytest.raises(UsageError, match="--seed"):
+        with pytest.raises(UsageError, match="seed must be an integer from 0 to 2"):
             SamplingParams(temperature=0.8, seed=seed).validate()
     SamplingParams(temperature=0.8, seed=2**64 - 1).validate()
