@@ -3,14 +3,17 @@ the value, the exit code is 0, 1 or 2, there is no traceback and no native abort
 stdout carries nothing but generated text.
 
 The options come from the CLI itself, so a new option is fuzzed without editing this file.
-One cache dir for all runs (conftest's run_specdec) and two tokens per generation keep it
-quick; most values are refused before the model loads."""
+To keep it quick, the runs share one cache dir, generate a token or two, and go one per CPU
+at a time (most are refused in a second, before any model loads); each case's result is
+then checked by its own test."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import typing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,21 +50,46 @@ def _run_options() -> list[tuple[str, type]]:
     return found
 
 
-CASES = [pytest.param(flag, value, id=f"{flag}={value[:12]!r}")
-         for flag, kind in _run_options()
+CASES = [(flag, value) for flag, kind in _run_options()
          for value in (TEXT_VALUES if kind is str else [*NUMERIC_VALUES, HUGE[kind]])]
 
 
-@pytest.mark.parametrize("flag, value", CASES)
-def test_hostile_value(specdec_env: dict[str, str], tmp_path: Path, flag: str, value: str | bytes) -> None:
-    settings = {**BASE, flag: value}
+def _args(flag: str, value: str | bytes) -> list[str | bytes]:
     args: list[str | bytes] = []
-    for name, setting in settings.items():
+    for name, setting in {**BASE, flag: value}.items():
         args += [setting] if name == "PROMPT" else [name, setting]
     if flag == "PROMPT":
         args.insert(len(args) - 1, "--")  # a prompt like "-1" is text, not an option
-    done = subprocess.run([sys.executable, "-m", "specdec_cli", "run", *args], cwd=tmp_path, env=specdec_env,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    return args
+
+
+@pytest.fixture(scope="module")
+def outcomes(shared_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list:
+    """Every case's finished process, run one per CPU at a time, in the environment that
+    conftest's (per-test) specdec_env builds: one shared cache dir, own config, data and
+    Hugging Face dirs (a data dir per case: runs add to a per-model history there)."""
+    root = tmp_path_factory.mktemp("fuzz")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("HF_", "SPECDEC_", "HUGGINGFACE_")) and key != "NO_COLOR"}
+    env.update(SPECDEC_CONFIG_DIR=str(root / "config"), SPECDEC_CACHE_DIR=str(shared_cache_dir),
+               HF_HOME=str(root / "hf"), NO_COLOR="1")
+
+    def run(index: int) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([sys.executable, "-m", "specdec_cli", "run", *_args(*CASES[index])], cwd=root,
+                                  env={**env, "SPECDEC_DATA_DIR": str(root / f"data-{index}")},
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+        except subprocess.TimeoutExpired as exc:  # fails this case only
+            return subprocess.CompletedProcess(exc.cmd, "timed out", exc.stdout or b"", exc.stderr or b"")
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(run, range(len(CASES))))
+
+
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{flag}={value[:12]!r}" for flag, value in CASES])
+def test_hostile_value(outcomes: list, index: int) -> None:
+    done = outcomes[index]
     stdout, stderr = done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
     assert done.returncode in (0, 1, 2), (done.returncode, stderr[-3000:])
     assert "Traceback" not in stderr, stderr[-3000:]
