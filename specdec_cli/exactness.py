@@ -114,15 +114,13 @@ def _largest_exact_batch(model: LlamaModel, n_threads: int | None, kv_types: tup
             reference.append(ctx.logits(1)[0].copy())
             nxt = int(np.argmax(reference[-1]))
         chain_arr = np.array(chain, dtype=np.int32)
+        expected = np.stack(reference)
         for size in BATCH_CANDIDATES:
             ctx.seq_rm(0, n, -1)
-            exact = True
-            for start in range(0, PROBE_TOKENS, size):
-                part = chain_arr[start:start + size]
-                batch.set_chain(part, n + start, seq0, all_outputs=True)
-                ctx.decode(batch)
-                exact &= bool(np.array_equal(ctx.logits(len(part)), np.stack(reference[start:start + len(part)])))
-            if exact:
+            matches: list[bool] = []
+            ctx.decode_chain(batch, chain_arr, n, seq0, size, on_logits=lambda start, logits: matches.append(
+                bool(np.array_equal(logits, expected[start:start + len(logits)]))))
+            if all(matches):
                 return size
         return 1
     finally:

@@ -284,9 +284,7 @@ class Generator:
         body = prompt[:-1]
         keep = _common_prefix(self._kv_tokens, body)
         if keep < len(self._kv_tokens):
-            for s in self._all_seqs:
-                self.ctx.seq_rm(int(s), keep, -1)
-            del self._kv_tokens[keep:]
+            self._drop_uncommitted(keep)
         pos = keep
         stats.prefill_backend = "llama"
         # ONNX continues from the cached prefix too (a chat turn's new tokens)
@@ -294,12 +292,7 @@ class Generator:
             pos = len(body)
             stats.prefill_backend = self.prefiller.backend_name
         try:
-            while pos < len(body):
-                chunk = body[pos:pos + self.config.n_batch]
-                self._batch.set_chain(chunk, pos, self._all_seqs, all_outputs=False)
-                self._batch.output[len(chunk) - 1] = 0
-                self.ctx.decode(self._batch)
-                pos += len(chunk)
+            self.ctx.decode_chain(self._batch, body[pos:], pos, self._all_seqs, self.config.n_batch)
         except KeyboardInterrupt:
             self._drop_uncommitted(len(self._kv_tokens))  # written cells that _kv_tokens does not record
             raise
@@ -397,8 +390,7 @@ class Generator:
                     self.ctx.seq_cp(keep_seq, s, root_past + 1, new_past)
 
     def _drop_uncommitted(self, n_past: int) -> None:
-        for s in self._all_seqs:
-            self.ctx.seq_rm(int(s), n_past, -1)
+        self.ctx.seq_rm(-1, n_past, -1)  # -1: every sequence
         del self._kv_tokens[n_past:]
 
     def _load_matrix(self) -> nat.RecyclingMatrix | None:

@@ -14,6 +14,7 @@ import functools
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,6 +304,22 @@ class LlamaContext:
             if rc == 1:
                 raise SpecdecError("the KV cache is full (context overflow); use a larger --ctx")
             raise SpecdecError(f"llama_decode failed with code {rc}")
+
+    def decode_chain(self, batch: "TokenBatch", tokens: np.ndarray, first_pos: int, seq_ids: np.ndarray,
+                     chunk: int, on_logits: Callable[[int, np.ndarray], None] | None = None) -> None:
+        """Decode `tokens` at consecutive positions from `first_pos`, each in `seq_ids`, in
+        llama_decode calls of at most `chunk` tokens: the one chunked loop of prefill, the
+        tuner, the exactness probe and the ONNX comparison. Without `on_logits` no logits
+        are computed (prefill); with it, every token's are, and on_logits(offset, logits)
+        sees each call's rows while they are valid."""
+        for start in range(0, len(tokens), chunk):
+            part = tokens[start:start + chunk]
+            batch.set_chain(part, first_pos + start, seq_ids, all_outputs=on_logits is not None)
+            if on_logits is None:
+                batch.output[len(part) - 1] = 0
+            self.decode(batch)
+            if on_logits is not None:
+                on_logits(start, self.logits(len(part)))
 
     def logits(self, n_rows: int) -> np.ndarray:
         """Zero-copy float32 view [n_rows, n_vocab] of the logits of the last decode,

@@ -175,20 +175,12 @@ class _StepTimer:
         self.filler = rng.integers(100, min(n_vocab, 30000), size=prefix_tokens + largest + 1, dtype=np.int32)
         self.prefix = prefix_tokens
         self.base = self.start + prefix_tokens
-        pos = self.start
-        while pos < self.base:
-            chunk = self.filler[pos - self.start:pos - self.start + min(n_batch, self.base - pos)]
-            self.batch.set_chain(chunk, pos, self.all_seqs, all_outputs=False)
-            ctx.decode(self.batch)
-            pos += len(chunk)
+        ctx.decode_chain(self.batch, self.filler[:prefix_tokens], self.start, self.all_seqs, n_batch)
 
     def _timed(self, rows: np.ndarray, pos: int) -> float:
         t0 = time.perf_counter()
-        for offset in range(0, len(rows), self.vb):
-            part = rows[offset:offset + self.vb]
-            self.batch.set_chain(part, pos + offset, self.all_seqs[:1], all_outputs=True)
-            self.ctx.decode(self.batch)
-            nat.topk_rows(self.ctx.logits(len(part)), ROWS_READ_OUT)
+        self.ctx.decode_chain(self.batch, rows, pos, self.all_seqs[:1], self.vb,
+                              on_logits=lambda _, logits: nat.topk_rows(logits, ROWS_READ_OUT))
         return (time.perf_counter() - t0) * 1000
 
     def _drop_from(self, pos: int) -> None:

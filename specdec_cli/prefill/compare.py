@@ -44,13 +44,8 @@ def engine_context(model_path, *, n_ctx: int = 2048, n_seq: int = 64, n_threads:
 
 def llama_prefill(ctx: LlamaContext, body: np.ndarray, n_seq: int) -> None:
     """What Generator._prefill does: the body in n_batch chunks, every token in all sequences."""
-    batch = TokenBatch(ctx.config.n_batch, n_seq)
-    seqs = np.arange(n_seq, dtype=np.int32)
-    for start in range(0, len(body), ctx.config.n_batch):
-        chunk = body[start:start + ctx.config.n_batch]
-        batch.set_chain(chunk, start, seqs, all_outputs=False)
-        batch.output[len(chunk) - 1] = 0
-        ctx.decode(batch)
+    ctx.decode_chain(TokenBatch(ctx.config.n_batch, n_seq), body, 0, np.arange(n_seq, dtype=np.int32),
+                     ctx.config.n_batch)
 
 
 def greedy_after_prefill(ctx: LlamaContext, prompt: np.ndarray, n_new: int, prefill, n_seq: int = 2) -> Continuation:
