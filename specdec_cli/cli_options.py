@@ -95,7 +95,8 @@ KvV = Annotated[Optional[str], typer.Option("--kv-v", envvar=_env("kv-v"), callb
 Ctx = Annotated[int, typer.Option("--ctx", envvar=_env("ctx"), min=MIN_CTX, max=MAX_CTX,
                                   help="Context length in tokens (at most the model's training context).")]
 Threads = Annotated[Optional[int], typer.Option(envvar=_env("threads"), min=1, callback=_check_threads,
-                                                show_default="physical cores", help="CPU threads.")]
+                                                show_default="the physical cores other processes leave idle",
+                                                help="CPU threads.")]
 MaxTokens = Annotated[int, typer.Option(envvar=_env("max-tokens"), min=1, help="Most tokens to generate.")]
 Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), callback=_within(0, 10),
                                      help="Sampling temperature, 0 to 10; 0 = greedy.")]
