@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import HfFileMetadata, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -21,7 +21,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import HfFileMetadata, repo_folder_name
 from huggingface_hub.utils import logging as hf_logging
 from huggingface_hub.utils import tqdm as hf_tqdm
 
@@ -67,7 +66,8 @@ def _assemble_instead(entry: ModelEntry) -> bool:
 
 def hub_storage_folder(entry: ModelEntry) -> Path:
     """The repo's folder in the Hugging Face cache (blobs/, snapshots/, refs/)."""
-    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=entry.repo, repo_type="model")
+    # The cache layout huggingface_hub documents: models--<owner>--<name>.
+    return Path(constants.HF_HUB_CACHE) / ("models--" + entry.repo.replace("/", "--"))
 
 
 def remove_cached_file(entry: ModelEntry) -> int:
@@ -122,7 +122,6 @@ def _pull_from_hub(entry: ModelEntry, progress: bool, on_download: Callable[[], 
                 )
             )
     except (HTTPError, OSError, ValueError) as error:
-        _remove_partial_downloads(entry, metadata.etag)
         if isinstance(error, HfHubHTTPError):
             reason = f"the server answered HTTP {error.response.status_code}"
         elif isinstance(error, HTTPError):
@@ -133,9 +132,6 @@ def _pull_from_hub(entry: ModelEntry, progress: bool, on_download: Callable[[], 
             f"download of {entry.alias} failed: {reason}; nothing was kept, "
             f"run `specdec models pull {entry.alias}` to try again"
         ) from None
-    except KeyboardInterrupt:
-        _remove_partial_downloads(entry, metadata.etag)
-        raise
 
     expected = entry.sha256 or _lfs_sha256(metadata.etag)
     if expected is not None:
@@ -200,17 +196,6 @@ def _lfs_sha256(etag: str | None) -> str | None:
     if etag is not None and len(etag) == SHA256_HEX_DIGITS and all(c in "0123456789abcdef" for c in etag):
         return etag
     return None
-
-
-def _remove_partial_downloads(entry: ModelEntry, etag: str | None) -> None:
-    """Delete `<etag>*.incomplete` blobs: huggingface_hub >= 1.0 removes its own temporary
-    file, older versions keep it for a later resume, which would leave a partial file."""
-    if etag is None:
-        return
-    blobs = hub_storage_folder(entry) / "blobs"
-    for partial in blobs.glob(f"{etag}*.incomplete"):
-        partial.unlink(missing_ok=True)
-    _prune_empty_dirs(hub_storage_folder(entry) / "snapshots")
 
 
 def _prune_empty_dirs(root: Path) -> None:
