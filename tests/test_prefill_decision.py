@@ -1,18 +1,14 @@
-"""`--prefill onnx` decides before building anything, and names real flags (issue 18): a
-quantized KV cache is known up front, and the ONNX graph (hundreds of MB) is exported only
-for a prompt long enough to use it."""
+"""`--prefill onnx` decides before building anything, and names real flags (issues 18 and
+21): an unsupported KV cache type is known up front, and the ONNX graph (hundreds of MB) is
+exported only for a prompt long enough to use it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from specdec_cli.prefill import PrefillUnavailable
 from specdec_cli.prefill.backend import open_prefiller
-from specdec_cli.prefill.kv_handoff import to_cache_type
-from specdec_cli.prefill.onnx_prefill import exported_graph_path
 
 
 @pytest.fixture
@@ -21,26 +17,19 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.mark.parametrize("kv_types", [("f16", "q8_0"), ("q4_0", "q4_0")])
-def test_quantized_kv_cache_is_refused_before_any_export(smollm2_gguf: Path, cache: Path, kv_types) -> None:
+@pytest.mark.parametrize("kv_types", [("q4_1", "f16"), ("f16", "q5_0")])
+def test_unsupported_kv_cache_is_refused_before_any_export(smollm2_gguf: Path, cache: Path, kv_types) -> None:
     warnings: list[str] = []
     assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=kv_types, warn=warnings.append) is None
-    assert len(warnings) == 1 and "--kv-cache f16" in warnings[0], warnings
+    assert len(warnings) == 1 and "--kv-cache f16" in warnings[0] and "--kv f16" not in warnings[0], warnings
     assert not (cache / "onnx").exists()
 
 
-def test_graph_is_exported_only_when_a_prompt_needs_it(smollm2_gguf: Path, cache: Path) -> None:
-    prefiller = open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=("f16", "f16"))
+@pytest.mark.parametrize("kv_types", [("f16", "f16"), ("f16", "q8_0"), ("q4_0", "q4_0")])
+def test_graph_is_exported_only_when_a_prompt_needs_it(smollm2_gguf: Path, cache: Path, kv_types) -> None:
+    prefiller = open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=kv_types)
     assert prefiller is not None
-    assert not exported_graph_path(smollm2_gguf).exists() and not (cache / "onnx").exists()
-
-
-def test_handoff_error_names_a_real_flag() -> None:
-    from specdec_cli.prefill.kv_handoff import GGML_TYPE_F16
-
-    with pytest.raises(PrefillUnavailable) as caught:
-        to_cache_type(np.zeros(4, dtype=np.float32), GGML_TYPE_F16 + 100)
-    assert "--kv-cache f16" in str(caught.value) and "--kv f16" not in str(caught.value)
+    assert not (cache / "onnx").exists()
 
 
 @pytest.mark.slow
@@ -49,10 +38,11 @@ def test_run_with_onnx_prefill_and_a_short_prompt_builds_nothing(run_specdec, tm
     result = run_specdec("run", "hi", "--prefill", "onnx", "--max-tokens", "2", SPECDEC_CACHE_DIR=str(cache))
     assert result.returncode == 0, result.stderr
     assert not (cache / "onnx").exists()
+    assert result.stderr.count("--prefill onnx:") == 1 and "too few" in result.stderr, result.stderr
     quantized = run_specdec("run", "hi", "--prefill", "onnx", "--kv-cache", "q8_0", "--max-tokens", "2",
                             SPECDEC_CACHE_DIR=str(cache))
     assert quantized.returncode == 0, quantized.stderr
-    assert "--kv-cache f16" in quantized.stderr and not (cache / "onnx").exists()
+    assert "too few" in quantized.stderr and not (cache / "onnx").exists()
 
 
 def test_cli_choices_are_the_backends() -> None:

@@ -11,54 +11,69 @@ from .onnx_prefill import OnnxPrefiller
 from .providers import npu_providers
 
 PREFILL_MODES = ("auto", "llama", "onnx")
-# Shorter prompt bodies go to llama.cpp: one ONNX chunk costs as much as 64 tokens, and
+# Fewer new prompt tokens go to llama.cpp: one ONNX chunk costs as much as 64 tokens, and
 # llama.cpp's own prefill is the exact reference.
 MIN_ONNX_TOKENS = 32
-# Cache types the K/V handoff can write (kv_handoff.to_cache_type); quantized blocks it cannot.
-ONNX_KV_TYPES = {"f16", "f32"}
+# Cache types the K/V handoff writes and the graph has a variant for (kv_blocks.py).
+ONNX_KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
 
 
 def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, *, n_threads: int | None = None,
                    kv_types: tuple[str, str] = ("f16", "f16"),
-                   warn: Callable[[str], None] = lambda message: None) -> OnnxPrefiller | None:
+                   warn: Callable[[str], None] = lambda message: None,
+                   progress: Callable[[int, int], None] | None = None) -> OnnxPrefiller | None:
     """The ONNX prefiller to use, or None for llama.cpp prefill.
 
     auto: ONNX only where onnxruntime offers an NPU (or the user named a provider with
-    --ep); on CPU-only machines llama.cpp prefill stays, since it is the exact reference.
+    --ep); on CPU-only machines llama.cpp prefill stays: it is the exact reference, and
+    faster there (bench/RESULTS.md, "Issue 21: NPU prefill").
     onnx: ONNX on the chosen provider (the CPU provider stands in for an NPU).
     Anything that makes ONNX prefill impossible (architecture, provider, KV cache types,
-    export) is a warning and llama.cpp prefill, never an error and never wrong output;
-    what can be decided up front is, before anything is exported."""
+    export) means llama.cpp prefill, never an error and never wrong output; a user who asked
+    for ONNX (--prefill onnx or --ep) gets one warning line saying why. Everything that
+    can be decided up front is, before anything is exported."""
     if mode not in PREFILL_MODES:
         raise UsageError(f"unknown --prefill {mode!r} (choose from {', '.join(PREFILL_MODES)})")
     if mode == "llama":
         return None
-    explicit_ep = ep not in (None, "", "auto")
-    if mode == "auto" and not explicit_ep and not npu_providers():
+    explicit = mode == "onnx" or ep not in (None, "", "auto")
+    if mode == "auto" and not explicit and not npu_providers():
         return None
-    if set(kv_types) - ONNX_KV_TYPES:
-        warn(f"ONNX prefill writes an f16 KV cache, this one is K {kv_types[0]} / V {kv_types[1]}; using llama.cpp "
-             f"prefill (add --kv-cache f16 for ONNX prefill)")
+    say = warn if explicit else (lambda message: None)
+    unsupported = [f"{kind} {name}" for kind, name in zip("KV", kv_types) if name not in ONNX_KV_TYPES]
+    if unsupported:
+        say(f"--prefill onnx: ONNX prefill writes f16, q8_0 and q4_0 KV caches, not {' / '.join(unsupported)}; "
+            f"using llama.cpp prefill (--kv-cache f16 allows it)")
         return None
     try:
-        return OnnxPrefiller(model_path, ep=ep or "auto", n_threads=n_threads)
+        prefiller = OnnxPrefiller(model_path, ep=ep or "auto", n_threads=n_threads, progress=progress)
     except PrefillUnavailable as exc:
-        warn(f"ONNX prefill unavailable ({exc}); using llama.cpp prefill")
+        say(f"--prefill onnx: {exc}; using llama.cpp prefill")
         return None
+    prefiller.explicit = explicit
+    return prefiller
 
 
-def prefill_with_fallback(prefiller: OnnxPrefiller | None, ctx, body, n_seq: int,
+def prefill_with_fallback(prefiller: OnnxPrefiller | None, ctx, body, n_seq: int, start: int = 0,
                           warn: Callable[[str], None] = lambda message: None) -> bool:
-    """Prefill `body` (positions 0..len-1, sequences 0..n_seq-1 must be empty) with ONNX.
-    True when done; False when the caller should prefill with llama.cpp, after a warning
-    if ONNX failed (the sequences are left empty in that case)."""
-    if prefiller is None or len(body) < MIN_ONNX_TOKENS:
+    """Prefill body[start:] with ONNX after the cached body[:start] (in sequences 0..n_seq-1).
+    True when done; False when the caller should prefill body[start:] with llama.cpp, after
+    a warning if ONNX was asked for but cannot take it (the cache then holds the prefix
+    only). A failure turns ONNX prefill off for the prefiller's remaining prompts."""
+    if prefiller is None or prefiller.disabled:
+        return False
+    if len(body) - start < MIN_ONNX_TOKENS:
+        if prefiller.explicit and not prefiller.short_warned:
+            warn(f"--prefill onnx: {len(body) - start} new prompt tokens are too few for ONNX prefill "
+                 f"(it starts at {MIN_ONNX_TOKENS}); llama.cpp prefills them")
+            prefiller.short_warned = True
         return False
     try:
-        prefiller.prefill(ctx, body, n_seq)
+        prefiller.prefill(ctx, body, n_seq, start)
         return True
     except PrefillUnavailable as exc:
-        warn(f"ONNX prefill failed ({exc}); using llama.cpp prefill")
+        warn(f"ONNX prefill failed ({exc}); using llama.cpp prefill from now on")
+        prefiller.disabled = True
         for seq in range(n_seq):
-            ctx.seq_rm(seq, 0, -1)
+            ctx.seq_rm(seq, start, -1)
         return False

@@ -18,8 +18,13 @@ The reader (`state_read_meta` / `state_read_data`) refuses a mismatch of n_strea
 count, types, row sizes, element sizes or v_trans. The sliding-window block only holds the
 cells inside the window of the sequence's last position (`is_masked_swa`).
 
+A row is `ggml_row_size(type, n_embd_k_gqa)` bytes: n values of f32/f16/bf16, or n/32
+q8_0 / q4_0 blocks of the rotated values (kv_blocks.py has the formats and the rotation).
+A chat turn's buffer is the cached prefix's rows, byte for byte as llama.cpp wrote them,
+followed by the new tokens' rows: `llama_state_seq_set_data` replaces a whole sequence.
+
 Rather than trusting this description, the layout is taken from llama.cpp itself: decode
-one placeholder token, read its state back (`probe`), and check every field against the
+one placeholder token (or take the cached prefix), read its state back (`probe`), and check every field against the
 model before writing anything. `parse_seq_state` / `serialize_seq_state` round-trip
 llama.cpp's own buffers byte for byte, which the tests check.
 """
@@ -33,11 +38,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import KVLayoutMismatch, PrefillUnavailable
+from .kv_blocks import TYPE_NAMES, CacheFormat, cache_formats
 from .onnx_graph import ModelSpec
 
 STATE_MAGIC = 0xAF143CD8
-GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16 = 0, 1, 30
-_ELEMENT_SIZE = {GGML_TYPE_F32: 4, GGML_TYPE_F16: 2, GGML_TYPE_BF16: 2}
+# Cache types the handoff writes; the others llama.cpp offers (q4_1, q5_0, ...) it refuses.
+HANDOFF_KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 
 @dataclass
@@ -168,46 +174,56 @@ def set_seq_state(ctx, buf: bytes, seq: int) -> None:
         raise KVLayoutMismatch(f"llama.cpp refused the K/V handoff (read {read} of {len(buf)} bytes)")
 
 
-def to_cache_type(values: np.ndarray, ggml_type: int) -> np.ndarray:
-    """float32 values in the cache's element type, rounded as ggml rounds (nearest even)."""
-    if ggml_type == GGML_TYPE_F32:
-        return np.ascontiguousarray(values, dtype=np.float32)
-    if ggml_type == GGML_TYPE_F16:
-        return np.ascontiguousarray(values, dtype=np.float16)
-    if ggml_type == GGML_TYPE_BF16:
-        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return rounded.astype(np.uint16)
-    raise PrefillUnavailable(f"ONNX prefill cannot write a quantized KV cache (ggml type {ggml_type}); "
-                             f"use --kv-cache f16 or --prefill llama")
+def _k_rows(block: KVBlock, layer: LayerKV) -> np.ndarray:
+    return np.frombuffer(layer.k_data, dtype=np.uint8).reshape(block.cell_count, layer.k_row_size)
 
 
-def from_cache_type(data: bytes, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Cache bytes back to float32 (for comparisons and tests)."""
-    if ggml_type == GGML_TYPE_F32:
-        return np.frombuffer(data, dtype=np.float32).reshape(shape).copy()
-    if ggml_type == GGML_TYPE_F16:
-        return np.frombuffer(data, dtype=np.float16).reshape(shape).astype(np.float32)
-    if ggml_type == GGML_TYPE_BF16:
-        return (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    raise PrefillUnavailable(f"cannot read KV cache of ggml type {ggml_type}")
+def _v_rows(block: KVBlock, layer: LayerKV) -> np.ndarray:
+    """V as one row per cell, whichever way the buffer lays it out."""
+    data = np.frombuffer(layer.v_data, dtype=np.uint8)
+    if not block.v_trans:
+        return data.reshape(block.cell_count, layer.v_row_size)
+    # v_trans: for each of the v_dim values, that value (v_row_size bytes) of every cell
+    by_value = data.reshape(layer.v_dim, block.cell_count, layer.v_row_size)
+    return np.ascontiguousarray(by_value.transpose(1, 0, 2)).reshape(block.cell_count, -1)
+
+
+@dataclass
+class CacheRows:
+    """Encoded cache rows of one sequence, positions 0..n-1: K [n_layer, n, k_row_bytes] and
+    V [n_layer, n, v_row_bytes] uint8; `present` [n_layer, n] is False where the buffer held
+    no cell (sliding-window layers keep only the window of the last position)."""
+
+    k: np.ndarray
+    v: np.ndarray
+    present: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.k.shape[1]
 
 
 @dataclass
 class KVHandoff:
-    """The checked layout of one context's cache: which model layers each block holds."""
+    """The checked layout of one context's cache: which model layers each block holds, and
+    the format of K and V (one type per cache in llama.cpp)."""
 
     spec: ModelSpec
     template: SeqState
     block_layers: list[list[int]]   # model layer index of every layer entry, per block
     block_is_swa: list[bool]
+    k_format: CacheFormat
+    v_format: CacheFormat
 
     @classmethod
     def probe(cls, ctx, spec: ModelSpec) -> "KVHandoff":
-        """Decode one placeholder token into sequence 0, read llama.cpp's buffer for it, and
-        check it against the model. Sequence 0 is left empty."""
+        """Check llama.cpp's buffer layout against the model: sequence 0's own state when it
+        holds cells (a chat's cached prefix), else the state of one placeholder token decoded
+        into sequence 0 and removed again."""
         from ..llama import TokenBatch
 
+        if ctx.seq_pos_max(0) >= 0:
+            return cls.from_template(parse_seq_state(get_seq_state(ctx, 0)), spec)
         batch = TokenBatch(1, 1)
         batch.set_chain(np.zeros(1, dtype=np.int32), 0, np.zeros(1, dtype=np.int32), all_outputs=False)
         ctx.decode(batch)
@@ -228,63 +244,122 @@ class KVHandoff:
         if len(template.blocks) != len(expected):
             raise KVLayoutMismatch(f"llama.cpp's state has {len(template.blocks)} cache blocks, "
                                    f"expected {len(expected)} for {spec.arch}")
+        first = template.blocks[0].layers[0] if template.blocks[0].layers else None
+        if first is None:
+            raise KVLayoutMismatch("llama.cpp's probe state holds no cells")
+        k_name, v_name = (TYPE_NAMES.get(t, f"ggml type {t}") for t in (first.k_type, first.v_type))
+        for name in (k_name, v_name):
+            if name not in HANDOFF_KV_TYPES:
+                raise PrefillUnavailable(f"ONNX prefill cannot write a {name} KV cache; "
+                                         f"use --kv-cache f16, q8_0 or q4_0, or --prefill llama")
+        k_format, v_format = cache_formats(k_name, v_name, spec.head_dim, spec.kv_dim)
         for block, (layers, _) in zip(template.blocks, expected):
             if len(block.layers) != len(layers):
                 raise KVLayoutMismatch(f"llama.cpp's cache block has {len(block.layers)} layers, "
                                        f"expected {len(layers)}")
             for layer in block.layers:
-                for ggml_type in (layer.k_type, layer.v_type):
-                    if ggml_type not in _ELEMENT_SIZE:
-                        to_cache_type(np.zeros(1, np.float32), ggml_type)  # raises the clear error
-                if layer.k_row_size != spec.kv_dim * _ELEMENT_SIZE[layer.k_type]:
-                    raise KVLayoutMismatch(f"K row size {layer.k_row_size} does not match the model")
-                v_size = layer.v_row_size if block.v_trans else layer.v_row_size // spec.kv_dim
-                if v_size != _ELEMENT_SIZE[layer.v_type] or (block.v_trans and layer.v_dim != spec.kv_dim):
+                if (layer.k_type, layer.v_type) != (k_format.ggml_type, v_format.ggml_type):
+                    raise KVLayoutMismatch("the KV cache mixes types across layers")
+                if layer.k_row_size != k_format.row_bytes:
+                    raise KVLayoutMismatch(f"K row size {layer.k_row_size} does not match the model "
+                                           f"({k_format.row_bytes} bytes of {k_name})")
+                if block.v_trans:
+                    ok = v_name not in ("q8_0", "q4_0") and layer.v_row_size == v_format.element_bytes \
+                        and layer.v_dim == spec.kv_dim
+                else:
+                    ok = layer.v_row_size == v_format.row_bytes
+                if not ok:
                     raise KVLayoutMismatch("V layout does not match the model")
-        return cls(spec, template, [layers for layers, _ in expected], [swa for _, swa in expected])
+        return cls(spec, template, [layers for layers, _ in expected], [swa for _, swa in expected],
+                   k_format, v_format)
+
+    def encode(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float K/V [n_layer, n, kv_dim] (the model's basis) -> cache rows [n_layer, n, bytes]."""
+        if keys.shape != values.shape or keys.shape[0] != self.spec.n_layer or keys.shape[2] != self.spec.kv_dim:
+            raise KVLayoutMismatch(f"K/V of shape {keys.shape} / {values.shape} do not fit the model")
+        k = np.stack([self.k_format.encode(keys[il]) for il in range(self.spec.n_layer)])
+        v = np.stack([self.v_format.encode(values[il]) for il in range(self.spec.n_layer)])
+        return k, v
 
     def build(self, keys: np.ndarray, values: np.ndarray, seq: int) -> bytes:
-        """The set_data buffer for K/V of positions 0..n-1 ([n_layer, n, kv_dim] float32)."""
-        n = keys.shape[1]
+        """The set_data buffer for float K/V of positions 0..n-1 ([n_layer, n, kv_dim])."""
+        k, v = self.encode(keys, values)
+        return self.build_rows(CacheRows(k, v, np.ones(k.shape[:2], dtype=bool)), seq)
+
+    def build_rows(self, rows: CacheRows, seq: int) -> bytes:
+        """The set_data buffer for encoded rows of positions 0..n-1."""
+        n = rows.n
         blocks = []
         for tmpl, layer_ids, is_swa in zip(self.template.blocks, self.block_layers, self.block_is_swa):
             positions = np.arange(n, dtype=np.int32)
             if is_swa:
                 # what state_write keeps: cells not masked for the sequence's last position
                 positions = positions[(n - 1) - positions < self.spec.n_swa]
+            if not rows.present[layer_ids][:, positions].all():
+                raise KVLayoutMismatch("a cache row the sequence needs is missing")
             layers = []
             for il, t in zip(layer_ids, tmpl.layers):
-                k = to_cache_type(keys[il, positions], t.k_type)
-                v = to_cache_type(values[il, positions], t.v_type)
-                v_bytes = np.ascontiguousarray(v.T).tobytes() if tmpl.v_trans else v.tobytes()
-                layers.append(LayerKV(t.k_type, t.k_row_size, k.tobytes(), t.v_type, t.v_row_size, t.v_dim, v_bytes))
+                v = rows.v[il, positions]
+                if tmpl.v_trans:
+                    el = t.v_row_size
+                    v_bytes = np.ascontiguousarray(v.reshape(len(positions), -1, el).transpose(1, 0, 2)).tobytes()
+                else:
+                    v_bytes = v.tobytes()
+                layers.append(LayerKV(t.k_type, t.k_row_size, rows.k[il, positions].tobytes(), t.v_type,
+                                      t.v_row_size, t.v_dim, v_bytes))
             blocks.append(KVBlock(1, positions, [(seq,)] * len(positions), tmpl.v_trans, layers))
         return serialize_seq_state(SeqState(seq, blocks))
 
+    def sequence_rows(self, state: SeqState) -> CacheRows:
+        """The encoded rows of a parsed sequence that holds positions 0..n-1 (n = the cells of
+        its first block, which has every layer's or the global layers' cells)."""
+        spec = self.spec
+        if len(state.blocks) != len(self.block_layers):
+            raise KVLayoutMismatch("llama.cpp's sequence state has another block layout than the probe's")
+        n = state.blocks[0].cell_count
+        if n and not np.array_equal(np.sort(state.blocks[0].positions), np.arange(n)):
+            raise KVLayoutMismatch("the cached sequence does not hold positions 0..n-1")
+        k = np.zeros((spec.n_layer, n, self.k_format.row_bytes), dtype=np.uint8)
+        v = np.zeros((spec.n_layer, n, self.v_format.row_bytes), dtype=np.uint8)
+        present = np.zeros((spec.n_layer, n), dtype=bool)
+        for block, layer_ids in zip(state.blocks, self.block_layers):
+            if block.cell_count == 0:
+                continue
+            idx = block.positions.astype(np.int64)
+            if idx.max() >= n:
+                raise KVLayoutMismatch("a sliding-window cell lies past the sequence's last position")
+            for il, layer in zip(layer_ids, block.layers):
+                k[il, idx] = _k_rows(block, layer)
+                v[il, idx] = _v_rows(block, layer)
+                present[il, idx] = True
+        return CacheRows(k, v, present)
+
+    def attention_values(self, rows: CacheRows) -> tuple[np.ndarray, np.ndarray]:
+        """Float K/V [n_layer, n, kv_dim] as llama.cpp's attention reads the rows (dequantized,
+        in the rotated basis where the cache is rotated); rows not present are 0."""
+        keys = np.stack([self.k_format.decode(rows.k[il]) for il in range(self.spec.n_layer)])
+        values = np.stack([self.v_format.decode(rows.v[il]) for il in range(self.spec.n_layer)])
+        keys[~rows.present] = 0.0
+        values[~rows.present] = 0.0
+        return keys, values
+
+    def write_rows(self, ctx, rows: CacheRows, seq: int = 0) -> None:
+        if rows.n > ctx.n_ctx:
+            raise PrefillUnavailable(f"the prompt ({rows.n} tokens) does not fit the context ({ctx.n_ctx})")
+        set_seq_state(ctx, self.build_rows(rows, seq), seq)
+
     def write_sequence(self, ctx, keys: np.ndarray, values: np.ndarray, seq: int = 0) -> None:
-        if keys.shape != values.shape or keys.shape[0] != self.spec.n_layer or keys.shape[2] != self.spec.kv_dim:
-            raise KVLayoutMismatch(f"K/V of shape {keys.shape} / {values.shape} do not fit the model")
-        if keys.shape[1] > ctx.n_ctx:
-            raise PrefillUnavailable(f"the prompt ({keys.shape[1]} tokens) does not fit the context ({ctx.n_ctx})")
-        set_seq_state(ctx, self.build(keys, values, seq), seq)
+        k, v = self.encode(keys, values)
+        self.write_rows(ctx, CacheRows(k, v, np.ones(k.shape[:2], dtype=bool)), seq)
 
 
 def read_sequence_kv(state: SeqState, handoff: KVHandoff) -> tuple[np.ndarray, np.ndarray]:
-    """K/V of a parsed sequence as float32 [n_layer, n_cells, kv_dim] (from the first block's
-    cells; sliding-window layers only cover the cells their block holds, the rest stay NaN)."""
-    spec = handoff.spec
-    n = state.blocks[0].cell_count
-    keys = np.full((spec.n_layer, n, spec.kv_dim), np.nan, dtype=np.float32)
-    values = np.full_like(keys, np.nan)
-    for block, layer_ids in zip(state.blocks, handoff.block_layers):
-        if block.cell_count == 0:
-            continue
-        idx = block.positions.astype(np.int64)
-        for il, layer in zip(layer_ids, block.layers):
-            keys[il, idx] = from_cache_type(layer.k_data, layer.k_type, (block.cell_count, spec.kv_dim))
-            if block.v_trans:
-                v = from_cache_type(layer.v_data, layer.v_type, (spec.kv_dim, block.cell_count)).T
-            else:
-                v = from_cache_type(layer.v_data, layer.v_type, (block.cell_count, spec.kv_dim))
-            values[il, idx] = v
+    """K/V of a parsed sequence as float32 [n_layer, n_cells, kv_dim] in the model's basis
+    (dequantized and rotated back); cells a sliding-window block does not hold are NaN."""
+    rows = handoff.sequence_rows(state)
+    keys, values = handoff.attention_values(rows)
+    keys = np.stack([handoff.k_format.unrotate(keys[il]) for il in range(handoff.spec.n_layer)])
+    values = np.stack([handoff.v_format.unrotate(values[il]) for il in range(handoff.spec.n_layer)])
+    keys[~rows.present] = np.nan
+    values[~rows.present] = np.nan
     return keys, values

@@ -2,17 +2,27 @@
 
 One graph runs one fixed-size chunk of C prompt tokens: inputs are the chunk's token ids,
 its RoPE angles, an additive attention mask (per attention kind) and, per layer, the K/V
-rows of the tokens before it; outputs are the logits of one chosen chunk position and, per
-layer, the chunk's K (after RoPE) and V rows laid out exactly as llama.cpp caches them
-(one row of n_head_kv * head_dim values per token). Shapes are static in the chunk size;
-the past length is a named free dimension ("past") that an NPU session pins with
-`add_free_dimension_override_by_name`, feeding a padded, masked past.
+rows of the tokens before it as llama.cpp's attention reads them from its cache (f16
+values, or dequantized q8_0 / q4_0 blocks in the rotated basis); outputs are the logits of
+one chosen chunk position and, per layer, the chunk's K (after RoPE) and V rows in float32
+(one row of n_head_kv * head_dim values per token), which the handoff encodes into the
+cache's format. Inside the chunk, attention reads K/V rounded to the cache's format, as
+llama.cpp's does (it writes the batch's K/V into the cache, then attends over the cache):
+so there is one graph variant per (K format, V format), sharing one weight file
+(weight_file.py). Shapes are static in the chunk size; the past length is a named free
+dimension ("past") that an NPU session pins with `add_free_dimension_override_by_name`,
+feeding a padded, masked past.
 
 The graph follows llama.cpp's own compute graphs for the pinned version (`src/models/
-llama.cpp`, `src/models/gemma3.cpp`) rather than the Hugging Face modelling code, because
-llama.cpp is the reference the handoff must agree with:
+llama.cpp`, `src/models/qwen2.cpp`, `src/models/gemma3.cpp`) rather than the Hugging Face
+modelling code, because llama.cpp is the reference the handoff must agree with:
 - llama: GGUF Q/K rows are permuted for llama.cpp's "normal" RoPE, which rotates adjacent
-  pairs (x[2i], x[2i+1]); the cached K therefore stays in that permuted order.
+  pairs (x[2i], x[2i+1]); the cached K therefore stays in that permuted order. Llama 3's
+  RoPE scaling is the GGUF tensor `rope_freqs.weight` (one divisor per frequency, from
+  convert_hf_to_gguf's llama3 rule), applied to the angles the graph is fed; linear
+  scaling likewise (`rope.scaling.factor`); optional biases are added where present.
+- qwen2: NEOX RoPE (pairs x[i], x[i + d/2]; llama.cpp's rope type for the architecture,
+  so the converter leaves Q/K unpermuted), biases on Q, K and V.
 - gemma3: NEOX RoPE (pairs x[i], x[i + d/2]); RMS norm on Q and K per head; norms after
   attention and after the FFN; embeddings scaled by sqrt(n_embd); GELU (tanh) FFN; every
   sixth layer global (rope base from the file), the others sliding-window with base 10000.
@@ -22,14 +32,19 @@ llama.cpp is the reference the handoff must agree with:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import UnsupportedArchitecture
+from .gguf_reader import GgufFile
+from .kv_blocks import QK, QUANTIZED, CacheFormat, hadamard
+from .weight_file import StaleWeights, WeightFile, read_manifest
 
-SUPPORTED_ARCHS = ("llama", "gemma3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
 MASKED = -1e9  # additive mask value; finite so that NPU compilers that reject inf still work
 OPSET = 17
 
@@ -55,6 +70,8 @@ class ModelSpec:
     rope_base_swa: float = 10000.0
     swa_layers: tuple[bool, ...] = field(default_factory=tuple)
     logit_softcap: float = 0.0
+    rope_freq_scale: float = 1.0  # linear RoPE scaling: 1 / rope.scaling.factor (global layers only)
+    rope_factors: tuple[float, ...] = ()  # Llama 3: rope_freqs.weight, a divisor per frequency
 
     @property
     def kv_dim(self) -> int:
@@ -68,29 +85,25 @@ class ModelSpec:
         return any(self.swa_layers)
 
 
-def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
-
-
-def read_spec(reader) -> ModelSpec:
-    """Hyperparameters of a llama or gemma3 GGUF; anything else (or a feature the graph
-    does not implement, such as RoPE scaling or MoE) raises UnsupportedArchitecture."""
-    arch = _field(reader, "general.architecture")
+def read_spec(gguf: GgufFile) -> ModelSpec:
+    """Hyperparameters of a llama, qwen2 or gemma3 GGUF; anything else (or a feature the
+    graph does not implement, such as YaRN RoPE scaling or MoE) raises UnsupportedArchitecture."""
+    arch = gguf.metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise UnsupportedArchitecture(
-            f"ONNX prefill supports the {' and '.join(SUPPORTED_ARCHS)} architectures, not {arch!r}")
+            f"ONNX prefill supports the {', '.join(SUPPORTED_ARCHS)} architectures, not {arch!r}")
 
     def key(name: str, default=None):
-        return _field(reader, f"{arch}.{name}", default)
+        return gguf.metadata.get(f"{arch}.{name}", default)
 
     if key("expert_count", 0):
         raise UnsupportedArchitecture(f"ONNX prefill does not implement mixture-of-experts {arch} models")
-    scaling = key("rope.scaling.type", "none")
-    if scaling not in ("none", None) and key("rope.scaling.factor", 1.0) not in (0.0, 1.0):
+    scaling = key("rope.scaling.type", "none") or "none"
+    factor = float(key("rope.scaling.factor", 1.0) or 1.0)
+    if scaling not in ("none", "linear") and factor != 1.0:
         raise UnsupportedArchitecture(f"ONNX prefill does not implement RoPE scaling ({scaling})")
+    # llama_context: rope_freq_scale = 1 / factor for linear scaling, 1 otherwise
+    freq_scale = 1.0 / factor if scaling == "linear" else 1.0
     n_embd = int(key("embedding_length"))
     n_head = int(key("attention.head_count"))
     n_head_kv = int(key("attention.head_count_kv", n_head))
@@ -100,13 +113,21 @@ def read_spec(reader) -> ModelSpec:
     if int(key("rope.dimension_count", head_dim)) != head_dim:
         raise UnsupportedArchitecture("ONNX prefill does not implement partial rotary embeddings")
     n_layer = int(key("block_count"))
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    tensors = gguf.tensors
+    embd = tensors["token_embd.weight"]
     common = dict(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=int(key("feed_forward_length")),
-                  n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, n_vocab=int(embd.shape[1]),
+                  n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, n_vocab=int(embd.ne[1]),
                   rms_eps=float(key("attention.layer_norm_rms_epsilon")),
-                  rope_base=float(key("rope.freq_base", 10000.0)))
-    if arch == "llama":
-        return ModelSpec(**common, neox_rope=False, kq_scale=1.0 / math.sqrt(head_dim))
+                  rope_base=float(key("rope.freq_base", 10000.0)), rope_freq_scale=freq_scale)
+    if arch in ("llama", "qwen2"):
+        # llama.cpp reads rope_freqs for llama (model.get_rope_factors), not for qwen2
+        factors = ()
+        if arch == "llama" and "rope_freqs.weight" in tensors:
+            factors = tuple(float(x) for x in gguf.raw("rope_freqs.weight").view(np.float32).ravel())
+            if len(factors) != head_dim // 2:
+                raise UnsupportedArchitecture(f"rope_freqs.weight has {len(factors)} values, expected {head_dim // 2}")
+        scale = float(key("attention.scale", 0.0) or 0.0) or 1.0 / math.sqrt(head_dim)
+        return ModelSpec(**common, neox_rope=arch == "qwen2", kq_scale=scale, rope_factors=factors)
     n_swa = int(key("attention.sliding_window", 0))
     pattern = key("attention.sliding_window_pattern", 6)
     if isinstance(pattern, list):
@@ -121,35 +142,34 @@ def read_spec(reader) -> ModelSpec:
                      logit_softcap=float(key("final_logit_softcapping", 0.0) or 0.0))
 
 
-@dataclass
 class Weights:
-    """Every tensor dequantized to float32 in the GGUF's row-major layout [ne1, ne0], and the
-    ggml type it was stored in (which decides how llama.cpp quantizes the activations)."""
+    """The GGUF's tensors, dequantized to float32 one at a time when the weight file is
+    written, in the GGUF's row-major layout [ne1, ne0]; and the ggml type each was stored in
+    (which decides how llama.cpp quantizes the activations)."""
 
-    arrays: dict[str, np.ndarray]
-    types: dict[str, str]
-    # per-block minimum m [rows, n_blocks] of Q4_1 / Q5_1 weights (see _GraphBuilder.linear)
-    block_mins: dict[str, np.ndarray]
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.arrays[name]
+    def __init__(self, gguf: GgufFile):
+        self.gguf = gguf
+        self.types = {name: gguf.type_name(name) for name in gguf.tensors}
+        self.shapes = {name: tuple(reversed(t.ne)) for name, t in gguf.tensors.items()}
 
     def __contains__(self, name: str) -> bool:
-        return name in self.arrays
+        return name in self.gguf.tensors
 
+    def array(self, name: str) -> np.ndarray:
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import dequantize
 
-def load_weights(reader) -> Weights:
-    from gguf.quants import dequantize
+        qtype = GGMLQuantizationType(self.gguf.tensors[name].type_id)
+        values = dequantize(self.gguf.raw(name), qtype)
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(self.shapes[name])
 
-    arrays, types, mins = {}, {}, {}
-    for t in reader.tensors:
-        rows = tuple(int(x) for x in reversed(t.shape))
-        arrays[t.name] = np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(rows)
-        types[t.name] = t.tensor_type.name
-        if t.tensor_type.name in _MIN_BLOCK_BYTES:
-            raw = np.asarray(t.data, dtype=np.uint8).reshape(rows[0], -1, _MIN_BLOCK_BYTES[t.tensor_type.name])
-            mins[t.name] = np.ascontiguousarray(raw[:, :, 2:4]).view(np.float16)[:, :, 0].astype(np.float32)
-    return Weights(arrays, types, mins)
+    def has_block_min(self, name: str) -> bool:
+        return self.types[name] in _MIN_BLOCK_BYTES
+
+    def block_min(self, name: str) -> np.ndarray:
+        """Per-block minimum m [rows, n_blocks] of a Q4_1 / Q5_1 weight (see _GraphBuilder.linear)."""
+        raw = np.asarray(self.gguf.raw(name)).reshape(self.shapes[name][0], -1, _MIN_BLOCK_BYTES[self.types[name]])
+        return np.ascontiguousarray(raw[:, :, 2:4]).view(np.float16)[:, :, 0].astype(np.float32)
 
 
 # ggml's CPU matmul converts the activations to the weight type's `vec_dot_type` before the
@@ -165,17 +185,26 @@ _ACT_BLOCKS = {"Q4_0": (32, True), "Q4_1": (32, True), "Q5_0": (32, True), "Q5_1
 _MIN_BLOCK_BYTES = {"Q4_1": 20, "Q5_1": 24}
 
 
-def rope_angles(positions: np.ndarray, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of shape [C, 1, head_dim/2] for the given token positions; theta_i = p * base^(-2i/d)."""
-    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]
-    return (np.cos(angles).astype(np.float32)[:, None, :], np.sin(angles).astype(np.float32)[:, None, :])
+def rope_angles(positions: np.ndarray, head_dim: int, base: float, freq_scale: float = 1.0,
+                factors: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of shape [C, 1, head_dim/2] for the given token positions, in float32 as ggml's
+    CPU RoPE computes them (ggml-cpu/ops.cpp ggml_rope_cache_init / rope_yarn without YaRN):
+    theta_0 = p, theta_{i+1} = theta_i * base^(-2/d) rounded step by step; angle_i =
+    freq_scale * theta_i / factor_i."""
+    theta_scale = np.power(np.float32(base), np.float32(-2.0) / np.float32(head_dim))
+    theta = positions.astype(np.float32)
+    divisors = np.asarray(factors, dtype=np.float32) if factors else np.ones(head_dim // 2, dtype=np.float32)
+    angles = np.empty((len(positions), head_dim // 2), dtype=np.float32)
+    for i in range(head_dim // 2):
+        angles[:, i] = np.float32(freq_scale) * (theta / divisors[i])
+        theta = theta * theta_scale
+    return np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
 
 
 class _GraphBuilder:
     """Small helper: unique node names, float constants, and the ops the decoder needs."""
 
-    def __init__(self, quant: str, weights: "Weights"):
+    def __init__(self, quant: str, weights: Weights, store: WeightFile):
         from onnx import TensorProto, helper, numpy_helper
 
         self.helper, self.numpy_helper, self.TensorProto = helper, numpy_helper, TensorProto
@@ -183,8 +212,9 @@ class _GraphBuilder:
         self.quant = quant
         # The float variant mimics llama.cpp's rounding; the int8 variant is its own model.
         self.llama_numerics = quant == "fp32"
+        self.weights = weights
         self.weight_types = weights.types
-        self.block_mins = weights.block_mins
+        self.store = store
         self._n = 0
         self._consts: dict[tuple, str] = {}
 
@@ -206,29 +236,37 @@ class _GraphBuilder:
             self._consts[key] = name
         return self._consts[key]
 
-    def weight(self, name: str, arr: np.ndarray) -> str:
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(arr), name))
+    def weight(self, name: str, dims: tuple[int, ...], make, dtype: str = "float32") -> str:
+        """An initializer in the shared weight file; `make()` gives its values when written."""
+        self.initializers.append(self.store.tensor(name, dims, dtype, make))
         return name
 
-    def linear(self, x: str, name: str, w_rows: np.ndarray) -> str:
+    def tensor(self, name: str) -> str:
+        """A GGUF tensor as it is (norm weights, biases, the embedding table)."""
+        return self.weight(name, self.weights.shapes[name], lambda: self.weights.array(name))
+
+    def add_bias(self, x: str, name: str) -> str:
+        return self.op("Add", [x, self.tensor(name)]) if name in self.weights else x
+
+    def linear(self, x: str, name: str) -> str:
         """x @ W^T for a GGUF weight stored as rows [out, in]; int8 variant: per-output-channel
         symmetric int8 weights behind a DequantizeLinear (the QDQ form NPU EPs consume)."""
-        w_t = np.ascontiguousarray(w_rows.T)  # [in, out]
+        n_out, n_in = self.weights.shapes[name]
         correction = None
         if self.llama_numerics:
-            x, correction = self.round_activations(x, self.weight_types.get(name, "F32"), w_t.shape[0])
+            x, correction = self.round_activations(x, self.weight_types.get(name, "F32"), n_in)
         if self.quant == "int8":
-            scale = np.maximum(np.abs(w_t).max(axis=0), 1e-12) / 127.0
-            q = np.clip(np.rint(w_t / scale), -127, 127).astype(np.int8)
-            qname = self.weight(name + ".q", q)
-            sname = self.weight(name + ".scale", scale.astype(np.float32))
-            zname = self.weight(name + ".zero", np.zeros_like(q[0]))
+            int8 = _Int8Weight(self.weights, name)
+            qname = self.weight(name + ".q", (n_in, n_out), int8.q, "int8")
+            sname = self.weight(name + ".scale", (n_out,), int8.scale)
+            zname = self.weight(name + ".zero", (n_out,), lambda: np.zeros(n_out, dtype=np.int8), "int8")
             w = self.op("DequantizeLinear", [qname, sname, zname], axis=1)
         else:
-            w = self.weight(name, w_t)
+            w = self.weight(name, (n_in, n_out), lambda: self.weights.array(name).T)
         out = self.op("MatMul", [x, w])
-        if correction is not None and name in self.block_mins:
-            mins_t = self.weight(name + ".block_min", np.ascontiguousarray(self.block_mins[name].T))  # [nb, out]
+        if correction is not None and self.weights.has_block_min(name):
+            mins_t = self.weight(name + ".block_min", (n_in // 32, n_out),
+                                 lambda: self.weights.block_min(name).T)  # [nb, out]
             out = self.op("Add", [out, self.op("MatMul", [correction, mins_t])])
         return out
 
@@ -303,13 +341,90 @@ class _GraphBuilder:
         return self.op("Where", [self.op("LessOrEqual", [x, self.const(-10.0)]), self.const(0.0), y])
 
 
-def build_prefill_graph(spec: ModelSpec, weights: Weights, chunk: int, quant: str = "fp32"):
-    """The decoder for one chunk of `chunk` tokens (see the module docstring for inputs/outputs)."""
+    def rotate(self, x: str, n: int, shape: list[int]) -> str:
+        """x (any shape, `shape` after) with each group of n consecutive values multiplied by
+        the Hadamard matrix H_n, as llama.cpp rotates quantized K/V (kv_blocks.py)."""
+        groups = self.reshape(x, [-1, n])
+        return self.reshape(self.op("MatMul", [groups, self.const(hadamard(n))]), shape)
+
+    def fake_quant(self, x: str, fmt: str, n_values: int) -> str:
+        """Rows [C, n_values] rounded through q8_0 or q4_0 blocks and back (kv_blocks.py has
+        ggml's quantizers these ops repeat)."""
+        blocks = self.reshape(x, [-1, n_values // QK, QK])
+        if fmt == "q8_0":
+            amax = self.op("ReduceMax", [self.op("Abs", [blocks])], axes=[-1], keepdims=1)
+            d = self.round_f16(self.op("Div", [amax, self.const(127.0)]))
+            inv = self.op("Div", [self.const(127.0), self.op("Max", [amax, self.const(1e-30)])])
+            q = self.op("Round", [self.op("Mul", [blocks, inv])])  # half to even, as the AVX path
+        else:
+            where = self.op("ArgMax", [self.op("Abs", [blocks])], axis=-1, keepdims=1, select_last_index=0)
+            signed_max = self.op("GatherElements", [blocks, where], axis=-1)
+            d_exact = self.op("Div", [signed_max, self.const(-8.0)])
+            zero = self.op("Equal", [d_exact, self.const(0.0)])
+            inv = self.op("Where", [zero, self.const(0.0), self.op("Div", [self.const(1.0), d_exact])])
+            shifted = self.op("Add", [self.op("Mul", [blocks, inv]), self.const(8.5)])
+            q = self.op("Sub", [self.op("Min", [self.op("Floor", [shifted]), self.const(15.0)]), self.const(8.0)])
+            d = self.round_f16(d_exact)
+        return self.reshape(self.op("Mul", [q, d]), [-1, n_values])
+
+    def cache_values(self, x: str, fmt: CacheFormat, n_tok: int) -> str:
+        """K or V rows [C, dim] as llama.cpp's attention reads them back from a cache of this
+        format: f16-rounded, or rotated and through q8_0 / q4_0 blocks (rotated basis)."""
+        if fmt.name == "f16":
+            return self.round_f16(x)
+        if fmt.name == "bf16":
+            raise ValueError("no ONNX prefill graph for a bf16 cache")
+        if fmt.name not in QUANTIZED:
+            return x
+        if fmt.rotation:
+            x = self.rotate(x, fmt.rotation, [n_tok, fmt.dim])
+        return self.fake_quant(x, fmt.name, fmt.dim)
+
+
+class _Int8Weight:
+    """Per-output-channel symmetric int8 form of one weight, computed once for its q and scale."""
+
+    def __init__(self, weights: Weights, name: str):
+        self.weights, self.name = weights, name
+        self._done: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _compute(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._done is None:
+            w_t = self.weights.array(self.name).T  # [in, out]
+            scale = np.maximum(np.abs(w_t).max(axis=0), 1e-12) / 127.0
+            self._done = (np.clip(np.rint(w_t / scale), -127, 127).astype(np.int8), scale.astype(np.float32))
+        return self._done
+
+    def q(self) -> np.ndarray:
+        return self._compute()[0]
+
+    def scale(self) -> np.ndarray:
+        return self._compute()[1]
+
+
+@dataclass(frozen=True)
+class KVVariant:
+    """The cache formats a graph variant's attention rounds K and V to."""
+
+    k: CacheFormat
+    v: CacheFormat
+
+    @property
+    def tag(self) -> str:
+        """File-name part, e.g. `kq8_0r64-vq8_0r64` (r: the Hadamard block, when rotated)."""
+        return "-".join(f"{kind}{fmt.name}{f'r{fmt.rotation}' if fmt.rotation else ''}"
+                        for kind, fmt in (("k", self.k), ("v", self.v)))
+
+
+def build_prefill_graph(spec: ModelSpec, weights: Weights, store: WeightFile, chunk: int, kv: KVVariant,
+                        quant: str = "fp32", progress: Callable[[int, int], None] | None = None):
+    """The decoder for one chunk of `chunk` tokens (see the module docstring for inputs/outputs);
+    `progress(layers done, n_layer)` after each layer (the weight file is written as it goes)."""
     from onnx import TensorProto, helper
 
     if quant not in ("fp32", "int8"):
         raise ValueError(f"unknown ONNX weight variant {quant!r} (fp32 or int8)")
-    g = _GraphBuilder(quant, weights)
+    g = _GraphBuilder(quant, weights, store)
     C, H, Hk, D, E = chunk, spec.n_head, spec.n_head_kv, spec.head_dim, spec.n_embd
     G = H // Hk
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
@@ -324,7 +439,7 @@ def build_prefill_graph(spec: ModelSpec, weights: Weights, chunk: int, quant: st
                    helper.make_tensor_value_info("mask_swa", f32, [C, "total"])]
     outputs = [helper.make_tensor_value_info("logits", f32, [1, spec.n_vocab])]
 
-    embd = g.weight("token_embd.weight", weights["token_embd.weight"])
+    embd = g.tensor("token_embd.weight")
     x = g.op("Gather", [embd, "input_ids"], axis=0)  # [C, E]
     if spec.embd_scale != 1.0:
         x = g.op("Mul", [x, g.const(spec.embd_scale)])
@@ -339,23 +454,30 @@ def build_prefill_graph(spec: ModelSpec, weights: Weights, chunk: int, quant: st
         outputs += [helper.make_tensor_value_info(f"k.{il}", f32, [C, spec.kv_dim]),
                     helper.make_tensor_value_info(f"v.{il}", f32, [C, spec.kv_dim])]
 
-        h = g.rms_norm(x, g.weight(p + "attn_norm.weight", weights[p + "attn_norm.weight"]), spec.rms_eps)
-        q = g.reshape(g.linear(h, p + "attn_q.weight", weights[p + "attn_q.weight"]), [C, H, D])
-        k = g.reshape(g.linear(h, p + "attn_k.weight", weights[p + "attn_k.weight"]), [C, Hk, D])
-        v = g.linear(h, p + "attn_v.weight", weights[p + "attn_v.weight"])  # [C, Hk*D]
+        h = g.rms_norm(x, g.tensor(p + "attn_norm.weight"), spec.rms_eps)
+        q = g.reshape(g.add_bias(g.linear(h, p + "attn_q.weight"), p + "attn_q.bias"), [C, H, D])
+        k = g.reshape(g.add_bias(g.linear(h, p + "attn_k.weight"), p + "attn_k.bias"), [C, Hk, D])
+        v = g.add_bias(g.linear(h, p + "attn_v.weight"), p + "attn_v.bias")  # [C, Hk*D]
         if spec.arch == "gemma3":
-            q = g.rms_norm(q, g.weight(p + "attn_q_norm.weight", weights[p + "attn_q_norm.weight"]), spec.rms_eps)
-            k = g.rms_norm(k, g.weight(p + "attn_k_norm.weight", weights[p + "attn_k_norm.weight"]), spec.rms_eps)
+            q = g.rms_norm(q, g.tensor(p + "attn_q_norm.weight"), spec.rms_eps)
+            k = g.rms_norm(k, g.tensor(p + "attn_k_norm.weight"), spec.rms_eps)
         q = g.rope(q, cos, sin, spec.neox_rope, H, D, C)
         k = g.reshape(g.rope(k, cos, sin, spec.neox_rope, Hk, D, C), [C, spec.kv_dim])
-        if g.llama_numerics:
-            # llama.cpp attends over its f16 cache, so the chunk attends over rounded K/V too
-            k, v = g.round_f16(k), g.round_f16(v)
         g.nodes.append(helper.make_node("Identity", [k], [f"k.{il}"]))
         g.nodes.append(helper.make_node("Identity", [v], [f"v.{il}"]))
+        # llama.cpp writes the batch's K/V into its cache and attends over the cache: the
+        # chunk attends over K/V rounded to the cache's format too, in its basis (build_attn
+        # rotates Q with K's matrix; the one-row flash-attention kernel then rounds Q to K's
+        # vec_dot_type, q8_0 for a quantized K: ggml-cpu/ops.cpp q_to_vec_dot).
+        k = g.cache_values(k, kv.k, C)
+        v = g.cache_values(v, kv.v, C)
+        if kv.k.rotation:
+            q = g.rotate(q, kv.k.rotation, [C, H, D])
+        if kv.k.name in QUANTIZED and g.llama_numerics:
+            q = g.reshape(g.fake_quant(g.reshape(q, [C, H * D]), "q8_0", H * D), [C, H, D])
 
-        k_all = g.op("Concat", [past_k, f"k.{il}"], axis=0)                      # [T, Hk*D]
-        v_all = g.op("Concat", [past_v, f"v.{il}"], axis=0)
+        k_all = g.op("Concat", [past_k, k], axis=0)                               # [T, Hk*D]
+        v_all = g.op("Concat", [past_v, v], axis=0)
         k_all = g.op("Transpose", [g.reshape(k_all, [-1, Hk, D])], perm=[1, 2, 0])  # [Hk, D, T]
         k_all = g.op("Unsqueeze", [k_all, g.const([1], np.int64)])                # [Hk, 1, D, T]
         v_all = g.op("Transpose", [g.reshape(v_all, [-1, Hk, D])], perm=[1, 0, 2])  # [Hk, T, D]
@@ -365,33 +487,36 @@ def build_prefill_graph(spec: ModelSpec, weights: Weights, chunk: int, quant: st
         scores = g.op("Mul", [g.op("MatMul", [q4, k_all]), kq_scale])             # [Hk, G, C, T]
         probs = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
         attn = g.op("Transpose", [g.op("MatMul", [probs, v_all])], perm=[2, 0, 1, 3])  # [C, Hk, G, D]
-        attn = g.linear(g.reshape(attn, [C, H * D]), p + "attn_output.weight", weights[p + "attn_output.weight"])
+        attn = g.reshape(attn, [C, H * D])
+        if kv.v.rotation:  # back from V's rotated basis (build_attn)
+            attn = g.rotate(attn, kv.v.rotation, [C, H * D])
+        attn = g.add_bias(g.linear(attn, p + "attn_output.weight"), p + "attn_output.bias")
         if spec.arch == "gemma3":
-            attn = g.rms_norm(attn, g.weight(p + "post_attention_norm.weight",
-                                             weights[p + "post_attention_norm.weight"]), spec.rms_eps)
+            attn = g.rms_norm(attn, g.tensor(p + "post_attention_norm.weight"), spec.rms_eps)
         x = g.op("Add", [x, attn])
 
-        h = g.rms_norm(x, g.weight(p + "ffn_norm.weight", weights[p + "ffn_norm.weight"]), spec.rms_eps)
-        gate = g.linear(h, p + "ffn_gate.weight", weights[p + "ffn_gate.weight"])
-        up = g.linear(h, p + "ffn_up.weight", weights[p + "ffn_up.weight"])
+        h = g.rms_norm(x, g.tensor(p + "ffn_norm.weight"), spec.rms_eps)
+        gate = g.add_bias(g.linear(h, p + "ffn_gate.weight"), p + "ffn_gate.bias")
+        up = g.add_bias(g.linear(h, p + "ffn_up.weight"), p + "ffn_up.bias")
         act = g.gelu_tanh(gate) if spec.arch == "gemma3" else g.op("Mul", [gate, g.op("Sigmoid", [gate])])
-        ffn = g.linear(g.op("Mul", [act, up]), p + "ffn_down.weight", weights[p + "ffn_down.weight"])
+        ffn = g.add_bias(g.linear(g.op("Mul", [act, up]), p + "ffn_down.weight"), p + "ffn_down.bias")
         if spec.arch == "gemma3":
-            ffn = g.rms_norm(ffn, g.weight(p + "post_ffw_norm.weight", weights[p + "post_ffw_norm.weight"]),
-                             spec.rms_eps)
+            ffn = g.rms_norm(ffn, g.tensor(p + "post_ffw_norm.weight"), spec.rms_eps)
         x = g.op("Add", [x, ffn])
+        if progress is not None:
+            progress(il + 1, spec.n_layer)
 
     last = g.op("Gather", [x, "logits_index"], axis=0)  # [1, E]
-    last = g.rms_norm(last, g.weight("output_norm.weight", weights["output_norm.weight"]), spec.rms_eps)
+    last = g.rms_norm(last, g.tensor("output_norm.weight"), spec.rms_eps)
     # Tied embeddings (no output.weight) reuse the Gather table through Gemm's transB.
-    head = g.weight("output.weight", weights["output.weight"]) if "output.weight" in weights else embd
-    logits = g.op("Gemm", [last, head], transB=1)
+    head = g.tensor("output.weight") if "output.weight" in weights else embd
+    logits = g.add_bias(g.op("Gemm", [last, head], transB=1), "output.bias")
     if spec.logit_softcap:
         cap = g.const(spec.logit_softcap)
         logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
 
-    graph = helper.make_graph(g.nodes, f"specdec_prefill_{spec.arch}_c{chunk}_{quant}", inputs, outputs,
+    graph = helper.make_graph(g.nodes, f"specdec_prefill_{spec.arch}_c{chunk}_{quant}_{kv.tag}", inputs, outputs,
                               g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="specdec")
@@ -399,16 +524,35 @@ def build_prefill_graph(spec: ModelSpec, weights: Weights, chunk: int, quant: st
     return model
 
 
-def export_prefill_graph(gguf_path: Path, out_path: Path, chunk: int, quant: str = "fp32") -> ModelSpec:
-    """Build and save the graph; weights go to `<out_path>.data` (protobuf caps files at 2 GB)."""
+def export_prefill_graph(gguf_path: Path, out_path: Path, data_path: Path, chunk: int, kv: KVVariant,
+                         quant: str = "fp32", progress: Callable[[int, int], None] | None = None) -> None:
+    """Save the graph to `out_path`, which must end up in `data_path`'s folder; its weights
+    live in `data_path` (protobuf caps a file at 2 GB): referenced when that file already
+    holds them, else written to a temporary file that then replaces it with its manifest."""
     import onnx
-    from gguf import GGUFReader
 
-    reader = GGUFReader(str(gguf_path))
-    spec = read_spec(reader)
-    model = build_prefill_graph(spec, load_weights(reader), chunk, quant)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    data_name = out_path.name + ".data"
-    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
-    return spec
+    gguf = GgufFile(gguf_path)
+    spec = read_spec(gguf)
+    weights = Weights(gguf)
+    existing = read_manifest(data_path)
+    model = None
+    if existing is not None:
+        try:
+            model = build_prefill_graph(spec, weights, WeightFile(data_path.name, existing=existing), chunk, kv,
+                                        quant, progress)
+        except StaleWeights:
+            model = None
+    if model is None:
+        tmp_data = data_path.with_name(f"{data_path.name}.tmp-{os.getpid()}")
+        tmp_manifest = data_path.with_name(f"{data_path.name}.json.tmp-{os.getpid()}")
+        try:
+            with open(tmp_data, "wb") as out:
+                store = WeightFile(data_path.name, out=out)
+                model = build_prefill_graph(spec, weights, store, chunk, kv, quant, progress)
+            tmp_manifest.write_text(store.manifest_json())
+            os.replace(tmp_data, data_path)
+            os.replace(tmp_manifest, data_path.with_name(data_path.name + ".json"))
+        finally:
+            tmp_data.unlink(missing_ok=True)
+            tmp_manifest.unlink(missing_ok=True)
+    onnx.save_model(model, str(out_path))
