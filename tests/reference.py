@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass
 class Draft:
@@ -92,3 +94,238 @@ def followed_lookup(documents: list[list[int]], context: list[int], max_len: int
             length = candidate
             break
     return _chain(text, context[len(context) - length:] if length else [], length, max_len)
+
+
+# --- prompt lookup (Saxena 2023, Prompt Lookup Decoding) ----------------------------------
+
+
+def ngram_lookup(tokens: list[int], max_len: int, max_n: int, min_n: int) -> tuple[list[int], int]:
+    """What NgramIndex.lookup drafts: for the longest order n (max_n down to min_n) whose
+    last-n-token suffix occurred earlier, what followed its most recent earlier occurrence."""
+    length = len(tokens)
+    for n in range(max_n, min_n - 1, -1):
+        if n >= length:
+            continue
+        suffix = tokens[length - n:]
+        for end in range(length - 1, n - 1, -1):
+            if tokens[end - n:end] == suffix:
+                return tokens[end:end + max_len], n
+    return [], 0
+
+
+# --- Token Recycling (Luo et al. 2024, "Turning Trash into Treasure: Accelerating Inference
+# of Large Language Models with Token Recycling", arXiv:2408.08696) --------------------------
+
+
+class RecyclingMatrix:
+    """The adjacency matrix of Token Recycling: for each token, the k successors the model
+    ranked highest the last time that token was verified (-1: none yet). The update of
+    the paper (Section 3): every verified node's row is overwritten by the model's top-k at
+    that node — rejected branches included; a token verified twice in one step keeps the
+    later row. An update with any bad row changes nothing."""
+
+    EMPTY = -1
+
+    def __init__(self, n_vocab: int, k: int) -> None:
+        self.n_vocab, self.k = n_vocab, k
+        self.rows: dict[int, list[int]] = {}
+
+    def row(self, token: int) -> list[int]:
+        if not 0 <= token < self.n_vocab:
+            raise IndexError(token)
+        return self.rows.get(token, [self.EMPTY] * self.k)
+
+    def update(self, tokens: list[int], topk: list[list[int]]) -> None:
+        if len(topk) != len(tokens) or any(len(ids) < self.k for ids in topk):
+            raise ValueError("one row of at least k candidates per token")
+        for token, ids in zip(tokens, topk):  # row by row, the token first
+            if not 0 <= token < self.n_vocab:
+                raise IndexError("token outside the vocabulary")
+            if any(not self.EMPTY <= c < self.n_vocab for c in ids[:self.k]):
+                raise ValueError("candidate outside the vocabulary")
+        for token, ids in zip(tokens, topk):
+            self.rows[token] = list(ids[:self.k])
+
+    def candidate(self, token: int, rank: int) -> int:
+        return self.row(token)[rank] if 0 <= rank < self.k else self.EMPTY
+
+    def filled_rows(self) -> int:
+        """Rows with a first candidate."""
+        return sum(row[0] != self.EMPTY for row in self.rows.values())
+
+
+# --- tree templates -------------------------------------------------------------------------
+
+RANK_PRIORS = (0.5, 0.2, 0.1, 0.06, 0.04, 0.03, 0.02, 0.015)
+
+
+def rank_prior(rank: int) -> float:
+    """Prior acceptance of the model's rank-r candidate (native/tree_template.cpp)."""
+    if rank < len(RANK_PRIORS):
+        return RANK_PRIORS[rank]
+    return RANK_PRIORS[-1] * 0.75 ** (rank - len(RANK_PRIORS) + 1)
+
+
+def tree_template(n_nodes: int, k: int = 8, max_depth: int = 8) -> tuple[list[int], list[int]]:
+    """The static template Token Recycling reads its tree along (the paper's Section 3.2
+    uses a fixed tree found offline; ours is grown by path score): starting from the root,
+    add n_nodes - 1 times the best node not yet in the tree, where a node is (parent,
+    rank), its score the product of the rank priors on its path, rank r + 1 of a parent
+    only after rank r, at most k ranks and max_depth levels. Ties: higher score, then the
+    shallower node, then the parent added earlier, then the lower rank. Then numbered
+    breadth first, siblings by rank. Returns (parents, ranks), -1 for the root.
+
+    Every candidate is scored afresh at every step: O(n^2), obviously greedy."""
+    if n_nodes < 1 or k < 1 or max_depth < 0:
+        raise ValueError("tree_template needs n_nodes >= 1, k >= 1, max_depth >= 0")
+    parent, rank, score, depth = [-1], [-1], [1.0], [0]
+    children = [0]  # children added so far, per node (= the next rank to add)
+    while len(parent) < n_nodes:
+        options = [(score[u] * rank_prior(children[u]), -depth[u] - 1, -u, -children[u], u)
+                   for u in range(len(parent)) if children[u] < k and depth[u] < max_depth]
+        if not options:
+            raise ValueError(f"k={k} and max_depth={max_depth} allow fewer than {n_nodes} nodes")
+        best_score, _, _, _, u = max(options)
+        parent.append(u)
+        rank.append(children[u])
+        score.append(best_score)
+        depth.append(depth[u] + 1)
+        children[u] += 1
+        children.append(0)
+    order = [0]
+    for u in order:  # breadth first; children were added in rank order
+        order += [j for j in range(1, len(parent)) if parent[j] == u]
+    new_index = {old: new for new, old in enumerate(order)}
+    return ([-1] + [new_index[parent[old]] for old in order[1:]], [-1] + [rank[old] for old in order[1:]])
+
+
+# --- draft trees ----------------------------------------------------------------------------
+
+
+def depths(parents: list[int]) -> list[int]:
+    """Depth of every node of a tree in topological order (root 0)."""
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):
+        depth[j] = depth[parents[j]] + 1
+    return depth
+
+
+def build_tree(root: int, matrix: RecyclingMatrix | None, template_parents: list[int], template_ranks: list[int],
+               chain: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """The draft tree of one step: the template read out of the matrix from the root
+    token (node j's token is candidate ranks[j] of its parent's token; a node whose
+    candidate is missing or repeats a sibling's token is dropped with its subtree), then
+    the chain grafted from the root: it shares the path the tree already has and hangs
+    the rest below it. Returned depth-first, children in the order they were added, as
+    (tokens, parents, depths)."""
+    children: dict[int, list[int]] = {0: []}
+    token = [root]
+
+    def child_with(node: int, t: int) -> int | None:
+        return next((c for c in children[node] if token[c] == t), None)
+
+    def add(node: int, t: int) -> int:
+        token.append(t)
+        children[len(token) - 1] = []
+        children[node].append(len(token) - 1)
+        return len(token) - 1
+
+    if matrix is not None:
+        node_of = {0: 0}
+        for j in range(1, len(template_parents)):
+            parent = node_of.get(template_parents[j])
+            if parent is None:
+                continue
+            t = matrix.candidate(token[parent], template_ranks[j])
+            if t != RecyclingMatrix.EMPTY and child_with(parent, t) is None:
+                node_of[j] = add(parent, t)
+    node = 0
+    for t in chain:
+        found = child_with(node, t)
+        node = add(node, t) if found is None else found
+
+    tokens, parents = [], []
+
+    def visit(node: int, parent: int) -> None:
+        index = len(tokens)
+        tokens.append(token[node])
+        parents.append(parent)
+        for child in children[node]:
+            visit(child, index)
+
+    visit(0, -1)
+    return tokens, parents, depths(parents)
+
+
+# --- batch layout: one llama_decode over the tree ------------------------------------------
+
+
+def ancestors_or_self(parents: list[int], node: int) -> set[int]:
+    found = set()
+    while node != -1:
+        found.add(node)
+        node = int(parents[node])
+    return found
+
+
+def attention_mask(parents: list[int]) -> list[list[bool]]:
+    """What a tree needs: node q attends to node k exactly when k is q or an ancestor."""
+    return [[k in ancestors_or_self(parents, q) for k in range(len(parents))] for q in range(len(parents))]
+
+
+def layout_tree(parents: list[int], n_past: int, n_seq_max: int) -> tuple[list[int], list[list[int]], list[int]]:
+    """Positions and sequence ids of the tree's nodes in one llama_decode: position =
+    n_past + depth; the leaves, in index order, are branches 0, 1, ...; a node carries the
+    (sorted) ids of every branch through it; its first id is its leftmost leaf's.
+    Returns (pos, seq_ids per node, first id per node)."""
+    leaves = [j for j in range(len(parents)) if j not in set(parents[1:])]
+    if len(leaves) > n_seq_max:
+        raise ValueError(f"{len(leaves)} branches, n_seq_max={n_seq_max}")
+    ids = [sorted(b for b, leaf in enumerate(leaves) if node in ancestors_or_self(parents, leaf))
+           for node in range(len(parents))]
+    return [n_past + d for d in depths(parents)], ids, [row[0] for row in ids]
+
+
+def llama_cpp_mask(pos: list[int], seq_ids: list[list[int]]) -> list[list[bool]]:
+    """The mask llama.cpp builds for that batch (pinned llama.cpp, llama_kv_cache::
+    set_input_kq_mask): query q sees the cells that hold q's FIRST sequence id at a
+    position up to q's."""
+    n = len(pos)
+    return [[seq_ids[q][0] in seq_ids[k] and pos[k] <= pos[q] for k in range(n)] for q in range(n)]
+
+
+# --- greedy verification ------------------------------------------------------------------
+
+
+def verify_greedy(tokens: list[int], parents: list[int], argmax: list[int]) -> tuple[list[int], int]:
+    """The longest accepted path: a node is accepted when its parent is and its token is
+    the target's greedy choice (argmax) at its parent; the root always is. Siblings carry
+    distinct tokens, so the accepted nodes form one path. Returns (path from the root,
+    the bonus token: the argmax at the path's last node)."""
+    accepted = {0}
+    for j in range(1, len(parents)):  # topological order: a parent is decided first
+        if parents[j] in accepted and tokens[j] == argmax[parents[j]]:
+            accepted.add(j)
+    deepest = max(accepted, key=lambda j: len(ancestors_or_self(parents, j)))
+    path = sorted(ancestors_or_self(parents, deepest), key=lambda j: len(ancestors_or_self(parents, j)))
+    return path, argmax[deepest]
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def target_distribution(logits: np.ndarray, temp: float, top_k: int, top_p: float) -> np.ndarray:
+    """The distribution Sampler draws from: temperature, then top-k, then top-p (ties to
+    the lower id), renormalised. numpy float64 array over the vocabulary."""
+    vocab = len(logits)
+    scaled = logits.astype(np.float64) / temp
+    order = np.lexsort((np.arange(vocab), -scaled))
+    kept = order[:top_k] if 0 < top_k < vocab else order
+    weights = np.exp(scaled[kept] - scaled[kept].max())
+    weights /= weights.sum()
+    if top_p < 1.0:
+        cut = int(np.argmax(np.cumsum(weights) >= top_p)) + 1
+        kept, weights = kept[:cut], weights[:cut] / weights[:cut].sum()
+    probs = np.zeros(vocab)
+    probs[kept] = weights
+    return probs
