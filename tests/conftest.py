@@ -24,15 +24,62 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("specdec-cache")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def probed_default_model(shared_cache_dir: Path, smollm2_gguf: Path) -> None:
-    """Run the default model's one-time exactness probe before any test, so that no
-    single test's timeout has to cover it."""
+    """The default model's one-time exactness probe, run before the first slow test, so
+    that no single test's timeout has to cover it."""
     from specdec_cli.exactness import exactness_rule
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
         exactness_rule(smollm2_gguf)
+
+
+# Fixtures that start specdec in a subprocess: each start costs seconds of interpreter
+# start-up and imports, so a test using one belongs to the slow tier like a model load.
+SUBPROCESS_FIXTURES = {"run_specdec", "specdec_env"}
+_current: list[pytest.Item] = []  # the test being run
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _current[:] = [item]
+    yield
+    _current.clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The fast tier (`pytest -m "not slow"`) promises to load no model: there a model load
+    in this process (in a test or in a fixture set up for it) fails the test it is for,
+    saying to mark it slow."""
+    if config.getoption("markexpr", "").replace(" ", "") != "notslow":
+        return
+    import llama_cpp
+
+    load = llama_cpp.llama_model_load_from_file
+
+    def guarded_load(path: bytes, *args: object):
+        item = _current[0] if _current else None
+        if item is None or item.get_closest_marker("slow") is None:
+            pytest.fail(f"{item.nodeid if item else 'collection'} loads a model ({path!r}) in the fast tier: "
+                        "mark it @pytest.mark.slow", pytrace=False)
+        return load(path, *args)
+
+    llama_cpp.llama_model_load_from_file = guarded_load
+
+
+@pytest.fixture(autouse=True)
+def probe_before_slow_tests(request: pytest.FixtureRequest) -> None:
+    """A slow test gets the default model's exactness probe done first (once a session)."""
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("probed_default_model")
 
 
 @pytest.fixture

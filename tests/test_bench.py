@@ -150,6 +150,7 @@ def test_first_difference() -> None:
     assert first_difference([1, 2], [1, 2, 3]) == 2  # one stopped early
 
 
+@pytest.mark.slow  # renders a figure with matplotlib
 def test_plot_writes_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "speedup.png"
@@ -157,6 +158,7 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_bench_cli_small_real_run(run_specdec, smollm2_gguf: Path, tmp_path: Path) -> None:
     """Exact mode: every method of ours must reproduce plain decoding token for token."""
     prompt_file = _write(tmp_path / "p.jsonl", [
@@ -238,6 +240,7 @@ def _stub_server(tmp_path: Path) -> tuple[Path, Path]:
     return binary, log
 
 
+@pytest.mark.slow
 def test_bench_interleaves_server_methods_per_prompt(run_specdec, smollm2_gguf: Path, tmp_path: Path) -> None:
     binary, log = _stub_server(tmp_path)
     prompt_file = _write(tmp_path / "p.jsonl", [

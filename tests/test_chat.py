@@ -11,6 +11,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here talks to the real model
+
 PROMPT = ">>> "
 
 

@@ -47,6 +47,7 @@ def test_tiny_context_is_a_usage_error_naming_the_smallest(run_specdec, command:
     _usage_error(result, "--ctx", str(MIN_CTX))
 
 
+@pytest.mark.slow  # the context is checked against the loaded model
 def test_library_refuses_a_tiny_context_instead_of_aborting(smollm2_gguf: Path, shared_cache_dir: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from specdec_cli.errors import UsageError

@@ -35,6 +35,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ctrl_c_inside_the_log_callback_stops_the_load(smollm2_gguf: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(smollm2_gguf)], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)

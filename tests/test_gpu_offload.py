@@ -156,6 +156,7 @@ def test_auto_is_zero_layers_on_this_build(smollm2_gguf: Path) -> None:
 
 def test_exactness_is_probed_per_backend_layers_and_kv_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(exactness, "_probed", {})  # rules other tests kept in memory
     model = tmp_path / "model.gguf"
     model.write_bytes(b"not really a model")
     probes = []

@@ -42,6 +42,7 @@ def test_bad_kv_type_is_a_usage_error(run_specdec, flag: str, value: str):
     assert value in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_each_kv_type_runs_end_to_end(run_specdec):
     kv_bytes = {}
     for kv in ("f16", "q8_0", "q4_0"):
@@ -76,6 +77,7 @@ def isolated_cache(shared_cache_dir: Path):
         yield
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_k,kv_v", [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_0", "q8_0")])
 def test_greedy_lossless_per_kv_type(smollm2_gguf: Path, isolated_cache, kv_k: str, kv_v: str):
     gen = Generator(smollm2_gguf, EngineConfig(n_ctx=2048, exact=True, kv_k=kv_k, kv_v=kv_v))
