@@ -47,12 +47,7 @@ def test_size_and_unique_ids(tasks):
 
 
 def test_every_line_loads_with_the_bench_loader(generator, tasks):
-    # Imported here, so the other checks run without it. The bench module is being split
-    # into a package (load_prompts moves to bench/prompts.py); until that lands it is bench.py.
-    try:
-        from specdec_cli.bench.prompts import load_prompts
-    except ImportError:
-        from specdec_cli.bench import load_prompts
+    from specdec_cli.bench.prompts import load_prompts  # here, so the other checks run without it
 
     prompts = load_prompts(generator.OUT_PATH)
     assert [(p.question_id, p.category, p.text) for p in prompts] == \
@@ -100,6 +95,7 @@ def test_doc_tasks_hold_one_paragraph(tasks):
         assert prompt.endswith("Return the complete edited paragraph only, in one code block.")
 
 
+@pytest.mark.slow  # rebuilds the whole set from the standard library's sources
 def test_generator_reproduces_the_shipped_file(generator):
     recorded = generator.recorded_tag(generator.OUT_PATH)
     if recorded != generator.version_tag():
