@@ -83,6 +83,12 @@ def bench(
     plan = BenchPlan(prompts=chosen, methods=specs, max_tokens=max_tokens, repeat=repeat,
                      prompts_name=prompts or "spec-bench")
 
+    if temp > 0 and seed is None:
+        # One seed for every method and prompt (shown in the report's header): with a seed
+        # drawn per generation, no two methods could sample the same text (issue 17).
+        import secrets
+
+        seed = secrets.randbits(53)
     err = stderr_console()
     session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
                                       temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,

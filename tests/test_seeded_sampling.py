@@ -317,6 +317,27 @@ def test_cli_reports_a_drawn_seed_that_repeats_the_run(run_specdec):
     assert json.loads(again.stdout)["tokens"] == doc["tokens"]
 
 
+@pytest.mark.slow
+def test_sampled_bench_without_a_seed_reports_equal_outputs(run_specdec, smollm2_gguf: Path, tmp_path: Path):
+    """`specdec bench --temp 0.8` with no --seed: one drawn seed for every method (in the
+    header), so every method samples plain decoding's text."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"question_id": i, "category": c, "turns": [t]}) for i, (c, t) in
+                                 enumerate([("qa", "Name three primary colors."),
+                                            ("summarization", "Repeat this list: red, green, blue, red, green.")]))
+                       + "\n")
+    result = run_specdec("bench", "-m", str(smollm2_gguf), "--prompts", str(prompts), "--methods",
+                         "none,ngram:3,suffix:3,hybrid:4:3", "--exact", "--temp", "0.8", "--top-k", "40", "--top-p", "0.9",
+                         "--max-tokens", "16", "--no-peers", "--format", "json", "--out", "r.json", "--no-progress",
+                         timeout=600)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert "temperature 0.8" in doc["header"]["sampling"] and "seed None" not in doc["header"]["sampling"]
+    overall = {r["method"]: r for r in doc["results"] if r["category"] == "overall"}
+    assert all(overall[m]["same_as_none"] == 2 for m in ("ngram:3", "suffix:3", "hybrid:4:3")), overall
+    assert doc["warning"] is None and doc["divergences"] == []
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**64), "x"])
 def test_cli_rejects_seeds_out_of_range(run_specdec, seed: str):
     result = run_specdec("run", "--temp", "0.8", "--seed", seed, "hi")
