@@ -72,26 +72,27 @@ def test_categories_cover_every_edit_kind(tasks):
     assert min(counts.values()) >= 4  # enough per category for a per-category median
 
 
-def test_code_tasks_hold_one_parsable_function(tasks):
+def single_blocks(tasks: list[dict], categories: set[str], language: str):
+    """(id, prompt, code block) of each task in `categories`, whose prompt must hold exactly
+    one fenced block, in `language`."""
     for task in tasks:
-        if task["category"] not in CODE_CATEGORIES:
-            continue
-        prompt = task["turns"][0]
-        blocks = FENCED.findall(prompt)
-        assert [lang for lang, _ in blocks] == ["python"], task["question_id"]
-        body = ast.parse(blocks[0][1]).body
-        assert len(body) == 1 and isinstance(body[0], ast.FunctionDef), task["question_id"]
+        if task["category"] in categories:
+            prompt = task["turns"][0]
+            blocks = FENCED.findall(prompt)
+            assert [lang for lang, _ in blocks] == [language], task["question_id"]
+            yield task["question_id"], prompt, blocks[0][1]
+
+
+def test_code_tasks_hold_one_parsable_function(tasks):
+    for question_id, prompt, code in single_blocks(tasks, CODE_CATEGORIES, "python"):
+        body = ast.parse(code).body
+        assert len(body) == 1 and isinstance(body[0], ast.FunctionDef), question_id
         assert prompt.endswith("Return the complete edited function only, in one code block.")
 
 
 def test_doc_tasks_hold_one_paragraph(tasks):
-    for task in tasks:
-        if task["category"] not in DOC_CATEGORIES:
-            continue
-        prompt = task["turns"][0]
-        blocks = FENCED.findall(prompt)
-        assert [lang for lang, _ in blocks] == ["text"], task["question_id"]
-        assert 60 <= len(blocks[0][1].split()) <= 250
+    for _, prompt, text in single_blocks(tasks, DOC_CATEGORIES, "text"):
+        assert 60 <= len(text.split()) <= 250
         assert prompt.endswith("Return the complete edited paragraph only, in one code block.")
 
 
