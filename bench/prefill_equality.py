@@ -18,8 +18,10 @@ prompt tokens, the two paths interleaved, median of --repeats runs each.
 On this machine there is no NPU: the CPU execution provider stands in for one, so the
 speed columns compare two CPU implementations, not CPU against NPU.
 
-    python bench/prefill_equality.py [--models smollm2,gemma3,qwen2.5-coder] [--prompts 5] [--json out.json]
-    python bench/prefill_equality.py --speed [--lengths 256,1024,4096] [--repeats 3]
+    python bench/prefill_equality.py [--models smollm2-135m,gemma3-270m,qwen2.5-coder-1.5b] [--prompts 5] [--json out.json]
+    python bench/prefill_equality.py --speed [--lengths 256,1024,4096] [--repeats 3] [--json out.json]
+
+--json also writes the markdown table beside it (out.md).
 """
 
 from __future__ import annotations
@@ -98,12 +100,13 @@ def kv_context(model: LlamaModel, kv: tuple[str, str], n_ctx: int, threads: int)
                                              n_threads=threads, kv_k=kv[0], kv_v=kv[1], flash_attn=True))
 
 
-def run_equality(name: str, path: Path, n_prompts: int, ep: str, threads: int) -> list[Row]:
+def run_equality(name: str, path: Path, n_prompts: int, ep: str, threads: int, kv_types: list[tuple[str, str]],
+                 save=lambda rows: None) -> list[Row]:
     model = LlamaModel(path, repacked_weights=repacked_weights_safe())  # the fast engine's weights
     onnx = OnnxPrefiller(path, ep=ep, n_threads=threads)
     prompts = pick_prompts(model, n_prompts, PROMPTS)
-    rows = []
-    for kv in KV_TYPES:
+    rows: list[Row] = []
+    for kv in kv_types:
         ctx = kv_context(model, kv, 2048, threads)
         greedy_after_prefill(ctx, prompts[0][1][:80], 1, onnx.prefill, N_SEQ)  # exports and warms this variant
         for label, tokens in prompts:
@@ -117,6 +120,7 @@ def run_equality(name: str, path: Path, n_prompts: int, ep: str, threads: int) -
             print(f"  {'/'.join(kv):<9} {label:<22} {len(tokens):5d} tok  diff {cmp.max_abs_diff:7.4f}  "
                   f"KL {cmp.kl:.2e}  top1 {cmp.top1_equal!s:5}  same up to {split:2d} (gap {margin:.3f})  "
                   f"prefill llama {ref.prefill_s:6.2f} s, onnx {got.prefill_s:6.2f} s", file=sys.stderr, flush=True)
+            save(rows)  # a long run keeps what it has
         ctx.close()
     model.close()
     return rows
@@ -146,7 +150,8 @@ class SpeedRow:
     onnx_ttft_s: list[float] = field(default_factory=list)
 
 
-def run_speed(name: str, path: Path, lengths: list[int], repeats: int, ep: str, threads: int) -> list[SpeedRow]:
+def run_speed(name: str, path: Path, lengths: list[int], repeats: int, ep: str, threads: int,
+              save=lambda rows: None) -> list[SpeedRow]:
     """TTFT of both paths per prompt length, interleaved (llama, onnx, llama, onnx, ...) so
     that a change in the machine's load hits both; the fast engine's f16 cache."""
     model = LlamaModel(path, repacked_weights=repacked_weights_safe())  # the fast engine's
@@ -166,6 +171,7 @@ def run_speed(name: str, path: Path, lengths: list[int], repeats: int, ep: str, 
         print(f"  {name} {n:5d} tok  llama {statistics.median(row.llama_ttft_s):7.2f} s  "
               f"onnx {statistics.median(row.onnx_ttft_s):7.2f} s  ({row.llama_ttft_s} / {row.onnx_ttft_s})",
               file=sys.stderr, flush=True)
+        save(rows)
     ctx.close()
     model.close()
     return rows
@@ -191,8 +197,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--ep", default="auto", help="onnxruntime execution provider (auto = NPU if any, else CPU)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here and the table beside it (.md)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated aliases ({', '.join(MODELS)})")
+    parser.add_argument("--kv", default=",".join("/".join(kv) for kv in KV_TYPES),
+                        help="comma-separated K/V cache types to compare (K/V each)")
     parser.add_argument("--speed", action="store_true", help="measure TTFT of both paths instead")
     parser.add_argument("--lengths", default="256,1024,4096")
     parser.add_argument("--repeats", type=int, default=3)
@@ -209,27 +217,41 @@ def main() -> None:
     before = machine_state()
     if args.speed:
         speed: list[SpeedRow] = []
+
+        def save_speed(model_rows: list[SpeedRow]) -> None:
+            if args.json:
+                args.json.write_text(json.dumps({"provider": provider.name, "threads": threads, "before": before,
+                                                 "rows": [asdict(r) for r in speed + model_rows]}, indent=1))
+
         for name, path in models.items():
             print(f"{name}: {path}", file=sys.stderr)
-            speed += run_speed(name, path, [int(x) for x in args.lengths.split(",")], args.repeats, args.ep, threads)
-        print(f"TTFT, median of {args.repeats} interleaved runs, {threads} threads, onnxruntime provider "
-              f"{provider.name}; {note}. Machine: {before} before, {machine_state()} after "
-              f"({time.time() - t0:.0f} s).\n")
-        print(summarize_speed(speed))
+            speed += run_speed(name, path, [int(x) for x in args.lengths.split(",")], args.repeats, args.ep, threads,
+                               save_speed)
+        report = (f"TTFT, median of {args.repeats} interleaved runs, {threads} threads, onnxruntime provider "
+                  f"{provider.name}; {note}. Machine: {before} before, {machine_state()} after "
+                  f"({time.time() - t0:.0f} s).\n\n{summarize_speed(speed)}\n")
+        print(report)
         if args.json:
             args.json.write_text(json.dumps({"provider": provider.name, "threads": threads, "before": before,
                                              "after": machine_state(), "rows": [asdict(r) for r in speed]}, indent=1))
+            args.json.with_suffix(".md").write_text(report)
         return
+    kv_types = [tuple(kv.split("/")) for kv in args.kv.split(",")]
     rows: list[Row] = []
+
+    def save(model_rows: list[Row]) -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"provider": provider.name, "threads": threads, "before": before,
+                                             "rows": [asdict(r) for r in rows + model_rows]}, indent=1))
+
     for name, path in models.items():
         print(f"{name}: {path}", file=sys.stderr)
-        rows += run_equality(name, path, args.prompts, args.ep, threads)
-        if args.json:  # after each model: a long run keeps what it has
-            args.json.write_text(json.dumps({"provider": provider.name, "threads": threads,
-                                             "rows": [asdict(r) for r in rows]}, indent=1))
-    print(f"ONNX prefill vs llama.cpp prefill, {N_NEW}-token greedy continuation, {threads} threads, "
-          f"onnxruntime provider {provider.name}; {note}. ({time.time() - t0:.0f} s)\n")
-    print(summarize(rows))
+        rows += run_equality(name, path, args.prompts, args.ep, threads, kv_types, save)
+    report = (f"ONNX prefill vs llama.cpp prefill, {N_NEW}-token greedy continuation, {threads} threads, "
+              f"onnxruntime provider {provider.name}; {note}. ({time.time() - t0:.0f} s)\n\n{summarize(rows)}\n")
+    print(report)
+    if args.json:
+        args.json.with_suffix(".md").write_text(report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from specdec_cli.prefill.onnx_prefill import OnnxPrefiller
 N_NEW = 32
 N_SEQ = 4
 # Stated tolerances for the first logits after an ONNX prefill (measured on SmolLM2 and
-# Gemma 3, bench/prefill_equality.py and bench/RESULTS.md "Issue 21: NPU prefill": max
+# Gemma 3, bench/prefill_equality.py and bench/RESULTS.md "NPU prefill (issue 21)": max
 # abs diff up to ~1.3 with f16 and q8_0 caches, ~3 with q4_0, whose blocks round K/V so
 # coarsely that a small change moves them; KL up to ~0.06).
 MAX_ABS_DIFF = {"f16": 2.5, "q8_0": 2.5, "q4_0": 5.0}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from specdec_cli.prefill.compare import compare_logits, engine_context, greedy_after_prefill, llama_prefill
-from specdec_cli.prefill.onnx_graph import rope_angles
+from specdec_cli.prefill.model_spec import rope_angles
 from specdec_cli.prefill.onnx_prefill import OnnxPrefiller, check_supported
 
 from prefill_checks import Engine, assert_handoff_round_trip, assert_same_continuation

@@ -26,7 +26,7 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
 
     auto: ONNX only where onnxruntime offers an NPU (or the user named a provider with
     --ep); on CPU-only machines llama.cpp prefill stays: it is the exact reference, and
-    faster there (bench/RESULTS.md, "Issue 21: NPU prefill").
+    faster there (bench/RESULTS.md, "NPU prefill (issue 21)").
     onnx: ONNX on the chosen provider (the CPU provider stands in for an NPU).
     Anything that makes ONNX prefill impossible (architecture, provider, KV cache types,
     export) means llama.cpp prefill, never an error and never wrong output; a user who asked

@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import KVLayoutMismatch, PrefillUnavailable
 from .kv_blocks import TYPE_NAMES, CacheFormat, cache_formats
-from .onnx_graph import ModelSpec
+from .model_spec import ModelSpec
 
 STATE_MAGIC = 0xAF143CD8
 # Cache types the handoff writes; the others llama.cpp offers (q4_1, q5_0, ...) it refuses.

@@ -28,7 +28,8 @@ from ..paths import cache_dir
 from .errors import KVLayoutMismatch, PrefillUnavailable, UnsupportedArchitecture
 from .gguf_reader import GgufFile
 from .kv_handoff import CacheRows, KVHandoff, get_seq_state, parse_seq_state, set_seq_state
-from .onnx_graph import MASKED, KVVariant, ModelSpec, export_prefill_graph, read_spec, rope_angles
+from .model_spec import ModelSpec, read_spec, rope_angles
+from .onnx_graph import MASKED, KVVariant, export_prefill_graph
 from .providers import ExecutionProvider, choose_provider
 from .weight_file import read_manifest
 
