@@ -148,6 +148,10 @@ class SpeedRow:
     n_tokens: int
     llama_ttft_s: list[float] = field(default_factory=list)
     onnx_ttft_s: list[float] = field(default_factory=list)
+    # CPU seconds of this process over the same span: on a shared machine, what the path
+    # costs apart from the time it waited for a core (with 1 thread, wall = CPU when idle)
+    llama_cpu_s: list[float] = field(default_factory=list)
+    onnx_cpu_s: list[float] = field(default_factory=list)
 
 
 def run_speed(name: str, path: Path, lengths: list[int], repeats: int, ep: str, threads: int,
@@ -165,11 +169,15 @@ def run_speed(name: str, path: Path, lengths: list[int], repeats: int, ep: str, 
         row = SpeedRow(name, n)
         tokens = source[:n]
         for _ in range(repeats):
-            row.llama_ttft_s.append(greedy_after_prefill(ctx, tokens, 1, llama_prefill, N_SEQ).ttft_s)
-            row.onnx_ttft_s.append(greedy_after_prefill(ctx, tokens, 1, onnx.prefill, N_SEQ).ttft_s)
+            for prefill, ttft, cpu in ((llama_prefill, row.llama_ttft_s, row.llama_cpu_s),
+                                       (onnx.prefill, row.onnx_ttft_s, row.onnx_cpu_s)):
+                c0 = time.process_time()
+                ttft.append(greedy_after_prefill(ctx, tokens, 1, prefill, N_SEQ).ttft_s)
+                cpu.append(time.process_time() - c0)
         rows.append(row)
         print(f"  {name} {n:5d} tok  llama {statistics.median(row.llama_ttft_s):7.2f} s  "
-              f"onnx {statistics.median(row.onnx_ttft_s):7.2f} s  ({row.llama_ttft_s} / {row.onnx_ttft_s})",
+              f"onnx {statistics.median(row.onnx_ttft_s):7.2f} s  ({row.llama_ttft_s} / {row.onnx_ttft_s}; "
+              f"CPU s {row.llama_cpu_s} / {row.onnx_cpu_s})",
               file=sys.stderr, flush=True)
         save(rows)
     ctx.close()
@@ -179,11 +187,13 @@ def run_speed(name: str, path: Path, lengths: list[int], repeats: int, ep: str, 
 
 def summarize_speed(rows: list[SpeedRow]) -> str:
     lines = ["| model | prompt tokens | llama.cpp TTFT s (median) | ONNX CPU EP TTFT s (median) | ONNX / llama.cpp | "
-             "runs (llama.cpp; ONNX) |", "|---|---|---|---|---|---|"]
+             "runs (llama.cpp; ONNX) | CPU s, median (llama.cpp; ONNX) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         llama, onnx = statistics.median(r.llama_ttft_s), statistics.median(r.onnx_ttft_s)
         runs = f"{', '.join(f'{x:.2f}' for x in r.llama_ttft_s)}; {', '.join(f'{x:.2f}' for x in r.onnx_ttft_s)}"
-        lines.append(f"| {r.model} | {r.n_tokens} | {llama:.2f} | {onnx:.2f} | {onnx / llama:.2f}x | {runs} |")
+        cpu = (f"{statistics.median(r.llama_cpu_s):.2f}; {statistics.median(r.onnx_cpu_s):.2f}"
+               if r.llama_cpu_s else "-")
+        lines.append(f"| {r.model} | {r.n_tokens} | {llama:.2f} | {onnx:.2f} | {onnx / llama:.2f}x | {runs} | {cpu} |")
     return "\n".join(lines)
 
 

@@ -25,8 +25,10 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
     """The ONNX prefiller to use, or None for llama.cpp prefill.
 
     auto: ONNX only where onnxruntime offers an NPU (or the user named a provider with
-    --ep); on CPU-only machines llama.cpp prefill stays: it is the exact reference, and
-    faster there (bench/RESULTS.md, "NPU prefill (issue 21)").
+    --ep); on CPU-only machines llama.cpp prefill stays: it is the exact reference. (The
+    CPU provider was faster for SmolLM2 on the 2-core development machine and about even
+    for Qwen2.5-Coder-1.5B, bench/RESULTS.md, "NPU prefill (issue 21)"; choosing it from a
+    measured profile is not implemented.)
     onnx: ONNX on the chosen provider (the CPU provider stands in for an NPU).
     Anything that makes ONNX prefill impossible (architecture, provider, KV cache types,
     export) means llama.cpp prefill, never an error and never wrong output; a user who asked
