@@ -14,22 +14,66 @@ import functools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
+
+BUSY_SAMPLE_S = 0.1
+
+
+def physical_cores() -> int:
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def busy_time_percent(interval: float) -> dict[str, float]:
+    """Percent of all CPU time spent in each state over `interval` seconds, from two reads of
+    the counters: psutil's own cpu_times_percent(interval=0.1) read at most ~20% busy on a
+    fully busy 2-core VM (its counters tick coarser than 0.1 s there)."""
+    before = psutil.cpu_times()
+    time.sleep(interval)
+    after = psutil.cpu_times()
+    spent = {name: max(0.0, getattr(after, name) - getattr(before, name)) for name in after._fields}
+    total = sum(spent.values()) or 1.0
+    return {name: 100.0 * value / total for name, value in spent.items()}
+
+
+@functools.cache
+def default_threads() -> int:
+    """The physical cores, less those other processes keep busy right now (sampled once per
+    process). llama.cpp's threads meet at a barrier after every graph node, so a thread that
+    has to wait for a core stalls all the others: next to busy processes, fewer threads
+    decode faster (issue 18: 2 threads next to 3 busy processes made 5 tok/s, 1 thread 21)."""
+    physical = physical_cores()
+    load = busy_time_percent(BUSY_SAMPLE_S)
+    busy_fields = ("user", "system", "irq", "softirq", "steal") + (("nice",) if os.nice(0) > 0 else ())
+    busy = sum(load.get(name, 0.0) for name in busy_fields)  # fields vary by OS
+    # niced processes count only when we are niced too: against them we get the CPU anyway
+    busy_cpus = int(busy / 100 * (psutil.cpu_count() or physical) + 0.25)  # round, leaning towards idle
+    return max(1, physical - busy_cpus)
+
+
+def machine_is_busy() -> bool:
+    """Other processes keep at least one core busy (the sample default_threads takes)."""
+    return default_threads() < physical_cores()
+
 
 # llama.cpp's CPU backend runs its threads under OpenMP (`OPENMP = 1` in system_info), with
 # an OpenMP barrier after every graph node (~750 per SmolLM2 token). libgomp spins ~3 ms
-# in a barrier before it sleeps; next to another busy process the thread it waits for is
-# often not running, and each barrier burns a time slice: 2 threads next to one busy
-# process made 0.3-1.4 tok/s where 1 thread made 16-110 (issue 18, bench/contention.py).
-# Spinning ~0.1 ms keeps an idle machine's barriers as quick and gives a waiting thread's
-# core up in time. libgomp reads this once, when llama.cpp loads it; a user's own OpenMP
-# settings win, and child processes (a llama-server peer in the bench) keep their defaults.
+# in a barrier before it sleeps. On an idle machine that spin is what keeps the barriers
+# quick: spinning only ~0.1 ms made Qwen2.5-Coder-1.5B decode 5% slower than llama-server
+# (0.95x, bench/RESULTS.md). Next to another busy process, though, the thread a barrier
+# waits for is often not running, and each barrier burns a time slice: 2 threads next to
+# one busy process made 0.3-1.4 tok/s where 1 thread made 16-110 (issue 18,
+# bench/contention.py). So the short spin is for a machine that is busy when specdec
+# starts. libgomp reads this once, when llama.cpp loads it; a user's own OpenMP settings
+# win, and child processes (a llama-server peer in the bench) keep their defaults.
 OMP_SPINCOUNT = "10000"
-_spin_set = "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+_spin_set = ("GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+             and machine_is_busy())
 if _spin_set:
     os.environ["GOMP_SPINCOUNT"] = OMP_SPINCOUNT
 import llama_cpp as lc  # noqa: E402  (loads libgomp)
@@ -204,26 +248,6 @@ class ContextConfig:
     kv_k: str = "f16"
     kv_v: str = "f16"
     flash_attn: bool | None = None  # None = llama.cpp decides; a quantized V cache forces it on
-
-
-BUSY_SAMPLE_S = 0.1
-
-
-@functools.cache
-def default_threads() -> int:
-    """The physical cores, less those other processes keep busy right now (sampled once per
-    process). llama.cpp's threads meet at a barrier after every graph node, so a thread that
-    has to wait for a core stalls all the others: next to busy processes, fewer threads
-    decode faster (issue 18: 2 threads next to 3 busy processes made 5 tok/s, 1 thread 21)."""
-    import psutil
-
-    physical = max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    load = psutil.cpu_times_percent(interval=BUSY_SAMPLE_S)
-    busy_fields = ("user", "system", "irq", "softirq", "steal") + (("nice",) if os.nice(0) > 0 else ())
-    busy = sum(getattr(load, name, 0.0) for name in busy_fields)  # fields vary by OS
-    # niced processes count only when we are niced too: against them we get the CPU anyway
-    busy_cpus = int(busy / 100 * (psutil.cpu_count() or physical) + 0.25)  # round, leaning towards idle
-    return max(1, physical - busy_cpus)
 
 
 class LlamaContext:
