@@ -93,6 +93,15 @@ block() {
     say '```'
     return $rc
 }
+# bench_report TAG ARGS...: `specdec bench ARGS` as a markdown table into the report (its log's
+# tail when it fails), then the run's warnings.
+bench_report() {
+    local tag=$1; shift
+    specdec bench "$@" --no-progress --format md --out "$logs/bench-$tag.md" >"$logs/bench-$tag.log" 2>&1 \
+        && cat "$logs/bench-$tag.md" >>"$report" \
+        || { say '```'; tail -20 "$logs/bench-$tag.log" >>"$report"; say '```'; }
+    grep -h "warning" "$logs/bench-$tag.log" >>"$report" || true
+}
 seconds_since() { echo $(( $(date +%s) - $1 )); }
 
 : >"$report"
@@ -223,19 +232,11 @@ for model in "${models[@]}"; do
         [[ $set == spec-bench ]] && limit="$limit_spec"
         say ""
         say "### bench: $set, $limit prompt(s) per category, fast mode"
-        specdec bench -m "$model" --prompts "$set" --limit "$limit" --methods none,auto,suffix "${peers[@]}" \
-            --no-progress --format md --out "$logs/bench-$set-$name.md" >"$logs/bench-$set-$name.log" 2>&1 \
-            && cat "$logs/bench-$set-$name.md" >>"$report" \
-            || { say '```'; tail -20 "$logs/bench-$set-$name.log" >>"$report"; say '```'; }
-        grep -h "warning" "$logs/bench-$set-$name.log" >>"$report" || true
+        bench_report "$set-$name" -m "$model" --prompts "$set" --limit "$limit" --methods none,auto,suffix "${peers[@]}"
     done
     say ""
     say "### bench: edits, exact mode (every method must equal plain decoding)"
-    specdec bench -m "$model" --prompts edits --limit 1 --methods none,auto,suffix --no-peers --exact \
-        --no-progress --format md --out "$logs/bench-exact-$name.md" >"$logs/bench-exact-$name.log" 2>&1 \
-        && cat "$logs/bench-exact-$name.md" >>"$report" \
-        || { say '```'; tail -20 "$logs/bench-exact-$name.log" >>"$report"; say '```'; }
-    grep -h "warning" "$logs/bench-exact-$name.log" >>"$report" || true
+    bench_report "exact-$name" -m "$model" --prompts edits --limit 1 --methods none,auto,suffix --no-peers --exact
 done
 
 say ""
