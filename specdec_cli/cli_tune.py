@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -15,7 +15,9 @@ from rich.table import Table
 from . import cli_options as opt
 from .console import stdout_console
 from .errors import SpecdecError
-from .tuning import Profile, measure_profile, save_profile, stored_profiles
+
+if TYPE_CHECKING:
+    from .tuning import Profile
 
 Quick = Annotated[bool, typer.Option("--quick", envvar="SPECDEC_QUICK", help="Fewer sizes and repeats: under 10 s.")]
 Show = Annotated[bool, typer.Option("--show", envvar="SPECDEC_SHOW", help="Print the stored profiles instead of measuring.")]
@@ -40,6 +42,7 @@ def tune(
         return
     from .cli_progress import assembly_progress
     from .session import RunOptions, open_session
+    from .tuning import measure_profile, save_profile
 
     session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, kv_k=kv_k,
                                       kv_v=kv_v, verbose=verbose, exact=exact, gpu_layers=gpu_layers),
@@ -75,6 +78,8 @@ def tune(
 
 
 def _show(as_json: bool) -> None:
+    from .tuning import stored_profiles  # loads llama.cpp: not for every command's start-up
+
     entries = stored_profiles()
     if as_json:
         docs = [_profile_doc(p) | {"path": str(path)} for path, p in entries if p is not None]
