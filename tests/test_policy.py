@@ -53,8 +53,10 @@ def test_policy_large_tree_on_flat_curve() -> None:
     policy = SpeculationPolicy(flat_curve(), verify_batch=64, max_tree=64, max_chain=16)
     choice = policy.choose(NO_MATCH, 0)
     assert choice.tree_size >= 32 and choice.draft_len == 0
+    # With a match the chain comes first; the tree only pays when the chain's first token
+    # misses (~30% at a 4-token match), so it is smaller, but both are drafted.
     with_match = policy.choose(CHAIN, 4)
-    assert with_match.tree_size >= 16 and with_match.draft_len >= 8
+    assert with_match.tree_size >= 8 and with_match.draft_len >= 8
 
 
 def test_policy_speculates_on_strong_matches_only_on_cpu_curve() -> None:
