@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .drafting import DRAFT_MODES, DraftSettings
-from .errors import SpecdecError, UsageError
+from .errors import SpecdecError, UsageError, option
 from .generator import Generator
 from .options import SamplingParams
 from .metrics import GenerationStats
@@ -76,7 +76,7 @@ class ChatSession:
                  max_tokens: int = 512, system: str | None = None,
                  open_engine: Callable[[bool], Generator] | None = None):
         if max_tokens <= 0:
-            raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+            raise UsageError(f"{option('max_tokens')} must be positive, got {max_tokens}")
         self.generator = generator
         self.sampling = sampling
         self.draft = draft
@@ -142,7 +142,7 @@ class ChatSession:
         if len(tokens) >= self.n_ctx:
             return Reply(turn=None, dropped_turns=dropped,
                          error=f"the message needs {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                               f"use a larger --ctx or a shorter message")
+                               f"use a larger {option('n_ctx')} or a shorter message")
         result = self.generator.generate(tokens, max_tokens=self.max_tokens, sampling=self.sampling,
                                          draft=self.draft, on_text=on_text)
         turn = Turn(user=user_text, assistant=result.text, finish_reason=result.finish_reason, stats=result.stats)

@@ -14,7 +14,9 @@ from typer._click.exceptions import UsageError as ClickUsageError
 from . import __version__
 from . import cli_options as opt
 from .console import stderr_console, stdout_console
-from .errors import SpecdecError, UsageError
+from .errors import SpecdecError, UsageError, name_options
+
+RUN_MAX_TOKENS = 256
 
 app = typer.Typer(
     help="Faster local LLM generation with lossless, model-free speculative decoding.",
@@ -80,10 +82,10 @@ def run(
     prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' or omitted: read stdin.",
                                                     callback=opt.utf8_text)] = None,
     model: opt.Model = None,
-    max_tokens: opt.MaxTokens = 256,
-    temp: opt.Temp = 0.0,
-    top_k: opt.TopK = 40,
-    top_p: opt.TopP = 0.95,
+    max_tokens: opt.MaxTokens(RUN_MAX_TOKENS) = None,
+    temp: opt.Temp = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
     seed: opt.Seed = None,
     exact: opt.Exact = None,
     no_history: opt.NoHistory = False,
@@ -94,10 +96,10 @@ def run(
     kv_cache: opt.KvCache = None,
     kv_k: opt.KvK = None,
     kv_v: opt.KvV = None,
-    ctx: opt.Ctx = 4096,
+    ctx: opt.Ctx = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = "auto",
-    prefill: opt.Prefill = "auto",
+    prefill: opt.Prefill = None,
     ep: opt.Ep = None,
     raw: opt.Raw = False,
     stop: opt.Stop = None,
@@ -114,15 +116,19 @@ def run(
     options = RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, kv_k=kv_k, kv_v=kv_v,
                          verbose=verbose, draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, prefill=prefill, ep=ep,
-                         exact=exact, history=not no_history, gpu_layers=gpu_layers)
-    session = open_session(options, progress=assembly_progress(not no_progress))
-    tokens = session.prompt_tokens(text, system=system, raw=raw)
+                         exact=exact, max_tokens=max_tokens, system=system, history=not no_history,
+                         gpu_layers=gpu_layers)
+    session = open_session(options, progress=assembly_progress(not no_progress),
+                           built_in={"max_tokens": RUN_MAX_TOKENS})
+    # A raw prompt has no template to put a system prompt in: only a given one is an error,
+    # the model's models.toml default is for templated prompts.
+    tokens = session.prompt_tokens(text, system=system if raw else session.options.system, raw=raw)
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = session.generator.generate(tokens, max_tokens=max_tokens, sampling=session.sampling,
+    result = session.generator.generate(tokens, max_tokens=session.options.max_tokens, sampling=session.sampling,
                                         draft=session.draft, stop=tuple(stop or ()),
                                         on_text=None if as_json else write)
     session.close()
@@ -182,6 +188,7 @@ def devices(as_json: opt.Json = False) -> None:
 
 
 def main() -> None:
+    name_options(opt.FLAGS)  # the library's messages name our flags
     _mount_subcommands()
     try:
         # Not standalone: click would turn Ctrl-C into "Aborted!" and exit 1; the README gives 130.

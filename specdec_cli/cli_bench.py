@@ -13,6 +13,7 @@ from . import cli_options as opt
 from .console import stderr_console, stdout_console
 from .errors import UsageError
 
+BENCH_MAX_TOKENS = 128
 Methods = Annotated[str, typer.Option(envvar="SPECDEC_METHODS",
                                       help="Comma-separated: none, ngram[:LEN], suffix[:LEN], recycling[:TREE], hybrid[:TREE[:LEN]], "
                                            "auto[:TREE[:LEN]], control (plain decoding again: the noise floor), "
@@ -38,22 +39,22 @@ def bench(
     prompts: Prompts = None,
     categories: Categories = None,
     limit: Limit = None,
-    max_tokens: opt.MaxTokens = 128,
+    max_tokens: opt.MaxTokens(BENCH_MAX_TOKENS) = None,
     repeat: Repeat = 1,
     fmt: Format = "table",
     out: Out = None,
     plot: Plot = None,
     peers: Peers = True,
     llama_server: LlamaServer = None,
-    temp: opt.Temp = 0.0,
-    top_k: opt.TopK = 40,
-    top_p: opt.TopP = 0.95,
+    temp: opt.Temp = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
     seed: opt.Seed = None,
     exact: opt.Exact = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = "auto",
     kv_cache: opt.KvCache = None,
-    ctx: opt.Ctx = 4096,
+    ctx: opt.Ctx = None,
     verbose: opt.Verbose = False,
     no_progress: opt.NoProgress = False,
 ) -> None:
@@ -68,8 +69,6 @@ def bench(
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
     specs = parse_methods(methods)
     chosen = select_prompts(load_prompts(prompts_path(prompts)),
                             [c.strip() for c in categories.split(",") if c.strip()] if categories else None,
@@ -80,22 +79,22 @@ def bench(
                          "(bench/build_llama_server.sh builds it)")
     if peers:
         specs += [p for p in peer_methods(server) if p.name not in {s.name for s in specs}]
-    plan = BenchPlan(prompts=chosen, methods=specs, max_tokens=max_tokens, repeat=repeat,
-                     prompts_name=prompts or "spec-bench")
 
-    if temp > 0 and seed is None:
+    err = stderr_console()
+    session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
+                                      temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
+                                      max_tokens=max_tokens, gpu_layers=gpu_layers,
+                                      # a method must not draft from what another one generated
+                                      history=False),
+                           progress=assembly_progress(not no_progress), built_in={"max_tokens": BENCH_MAX_TOKENS})
+    if not session.sampling.greedy and session.sampling.seed is None:
         # One seed for every method and prompt (shown in the report's header): with a seed
         # drawn per generation, no two methods could sample the same text (issue 17).
         import secrets
 
-        seed = secrets.randbits(53)
-    err = stderr_console()
-    session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
-                                      temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
-                                      gpu_layers=gpu_layers,
-                                      # a method must not draft from what another one generated
-                                      history=False),
-                           progress=assembly_progress(not no_progress))
+        session.sampling.seed = secrets.randbits(53)
+    plan = BenchPlan(prompts=chosen, methods=specs, max_tokens=session.options.max_tokens, repeat=repeat,
+                     prompts_name=prompts or "spec-bench")
     show_progress = not no_progress and sys.stderr.isatty()
     try:
         if show_progress:

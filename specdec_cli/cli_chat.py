@@ -37,6 +37,7 @@ Multi-line: end a line with \\ to continue it, or wrap the message in \"\"\" ...
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="SPECDEC_QUIET",
                                      help="No banner and no stats line after each reply.")]
 
+CHAT_MAX_TOKENS = 512  # per reply
 PROMPT = ">>> "
 CONTINUATION = "... "
 HISTORY_LENGTH = 1000
@@ -77,16 +78,16 @@ def chat(
     kv_cache: opt.KvCache = None,
     kv_k: opt.KvK = None,
     kv_v: opt.KvV = None,
-    ctx: opt.Ctx = 4096,
+    ctx: opt.Ctx = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = "auto",
-    temp: opt.Temp = 0.0,
-    top_k: opt.TopK = 40,
-    top_p: opt.TopP = 0.95,
+    temp: opt.Temp = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
     seed: opt.Seed = None,
     exact: opt.Exact = None,
     no_history: opt.NoHistory = False,
-    max_tokens: opt.MaxTokens = 512,
+    max_tokens: opt.MaxTokens(CHAT_MAX_TOKENS) = None,
     quiet: Quiet = False,
     verbose: opt.Verbose = False,
 ) -> None:
@@ -101,18 +102,20 @@ def chat(
                          verbose=verbose,
                          draft=draft, tree_size=tree_size, draft_len=draft_len,
                          temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
-                         history=not no_history, gpu_layers=gpu_layers)
-    sessions = [open_session(options, progress=assembly_progress(interactive))]
+                         max_tokens=max_tokens, system=system, history=not no_history, gpu_layers=gpu_layers)
+    built_in = {"max_tokens": CHAT_MAX_TOKENS}
+    sessions = [open_session(options, progress=assembly_progress(interactive), built_in=built_in)]
     session = sessions[0]
 
     def open_engine(exact: bool):
         sessions[-1].close()
-        sessions.append(open_session(dataclasses.replace(options, exact=exact)))
+        sessions.append(open_session(dataclasses.replace(options, exact=exact), built_in=built_in))
         return sessions[-1].generator
 
     try:
         chat_session = ChatSession(session.generator, sampling=session.sampling, draft=session.draft,
-                                   max_tokens=max_tokens, system=system, open_engine=open_engine)
+                                   max_tokens=session.options.max_tokens, system=session.options.system,
+                                   open_engine=open_engine)
         if interactive:
             _interactive_loop(chat_session, session.alias, screen)
         else:

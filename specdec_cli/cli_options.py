@@ -11,7 +11,7 @@ import typer
 from .drafting import DRAFT_MODES, DraftSettings
 from .errors import UsageError
 from .offload import parse_gpu_layers
-from .options import KV_CHOICES
+from .options import KV_CHOICES, EngineConfig, SamplingParams
 
 PREFILL_CHOICES = ("auto", "llama", "onnx")  # prefill.backend.PREFILL_MODES, without importing onnxruntime
 # llama.cpp reserves an output row per draft-tree branch (EngineConfig.n_seq_max) in a batch
@@ -19,6 +19,15 @@ PREFILL_CHOICES = ("auto", "llama", "onnx")  # prefill.backend.PREFILL_MODES, wi
 MIN_CTX = 64
 MAX_CTX = 1 << 24
 INT32_MAX = (1 << 31) - 1  # --top-k reaches native code as a C int
+
+
+# The library's option names (errors.option) as flags: main() hands them to the library, so
+# that its messages name the flag a user changes ("use a larger --ctx").
+FLAGS = {
+    "n_ctx": "--ctx", "verbose": "--verbose", "raw": "--raw", "system": "--system", "max_tokens": "--max-tokens",
+    "draft": "--draft", "tree_size": "--tree-size", "draft_len": "--draft-len", "kv_cache": "--kv-cache",
+    "kv_k": "--kv-k", "kv_v": "--kv-v", "prefill": "--prefill",
+}
 
 
 def _env(name: str) -> str:
@@ -53,8 +62,8 @@ def _check_model(value: Optional[str]) -> Optional[str]:
 
 def _within(low: float, high: float, low_open: bool = False):
     """A float range check that NaN fails too (click's FloatRange lets NaN through)."""
-    def check(value: float) -> float:
-        if not (low < value <= high if low_open else low <= value <= high):
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not (low < value <= high if low_open else low <= value <= high):
             raise typer.BadParameter(f"{value} is not in {'(' if low_open else '['}{low:g}, {high:g}]")
         return value
 
@@ -92,18 +101,31 @@ KvK = Annotated[Optional[str], typer.Option("--kv-k", envvar=_env("kv-k"), callb
 KvV = Annotated[Optional[str], typer.Option("--kv-v", envvar=_env("kv-v"), callback=_choice(KV_CHOICES),
                                             show_default="--kv-cache",
                                             help="KV cache type for V only (overrides --kv-cache): f16 | q8_0 | q4_0.")]
-Ctx = Annotated[int, typer.Option("--ctx", envvar=_env("ctx"), min=MIN_CTX, max=MAX_CTX,
-                                  help="Context length in tokens (at most the model's training context).")]
+# A None default is "not given": the model's models.toml default applies, else the built-in
+# one shown here (session.resolve_options).
+Ctx = Annotated[Optional[int], typer.Option("--ctx", envvar=_env("ctx"), min=MIN_CTX, max=MAX_CTX,
+                                            show_default=str(EngineConfig.n_ctx),
+                                            help="Context length in tokens (at most the model's training context).")]
 Threads = Annotated[Optional[int], typer.Option(envvar=_env("threads"), min=1, callback=_check_threads,
                                                 show_default="the physical cores other processes leave idle",
                                                 help="CPU threads.")]
-MaxTokens = Annotated[int, typer.Option(envvar=_env("max-tokens"), min=1, help="Most tokens to generate.")]
-Temp = Annotated[float, typer.Option("--temp", envvar=_env("temp"), callback=_within(0, 10),
-                                     help="Sampling temperature, 0 to 10; 0 = greedy.")]
-TopK = Annotated[int, typer.Option(envvar=_env("top-k"), min=0, max=INT32_MAX,
-                                   help="Top-k filter when sampling (0 = off).")]
-TopP = Annotated[float, typer.Option(envvar=_env("top-p"), callback=_within(0, 1, low_open=True),
-                                     help="Nucleus filter when sampling, in (0, 1] (1 = off).")]
+
+
+def MaxTokens(built_in: int):
+    """--max-tokens, with the command's own built-in default."""
+    return Annotated[Optional[int], typer.Option(envvar=_env("max-tokens"), min=1, show_default=str(built_in),
+                                                 help="Most tokens to generate.")]
+
+
+Temp = Annotated[Optional[float], typer.Option("--temp", envvar=_env("temp"), callback=_within(0, 10),
+                                               show_default=str(SamplingParams.temperature),
+                                               help="Sampling temperature, 0 to 10; 0 = greedy.")]
+TopK = Annotated[Optional[int], typer.Option(envvar=_env("top-k"), min=0, max=INT32_MAX,
+                                             show_default=str(SamplingParams.top_k),
+                                             help="Top-k filter when sampling (0 = off).")]
+TopP = Annotated[Optional[float], typer.Option(envvar=_env("top-p"), callback=_within(0, 1, low_open=True),
+                                               show_default=str(SamplingParams.top_p),
+                                               help="Nucleus filter when sampling, in (0, 1] (1 = off).")]
 def _check_seed(value: Optional[int]) -> Optional[int]:
     # The sampler keys its counter-based generator with 64 bits (native/sampling.hpp).
     if value is not None and not 0 <= value < 1 << 64:
@@ -135,8 +157,9 @@ NoHistory = Annotated[bool, typer.Option("--no-history", envvar=_env("no-history
                                               "prompts and outputs (`specdec history`).")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", envvar=_env("no-progress"),
                                           help="No progress bars.")]
-Prefill = Annotated[str, typer.Option(envvar=_env("prefill"), callback=_choice(PREFILL_CHOICES),
-                                        help="Prefill backend: auto (ONNX on an NPU, else llama.cpp) | llama | onnx.")]
+Prefill = Annotated[Optional[str], typer.Option(envvar=_env("prefill"), callback=_choice(PREFILL_CHOICES),
+                                                  show_default=EngineConfig.prefill,
+                                                  help="Prefill backend: auto (ONNX on an NPU, else llama.cpp) | llama | onnx.")]
 
 
 def _check_gpu_layers(value: str) -> str:

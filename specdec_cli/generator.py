@@ -20,7 +20,7 @@ import numpy as np
 from . import _native as nat
 from .devices import offload_plan
 from .drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter, DraftTree
-from .errors import SpecdecError, UsageError
+from .errors import SpecdecError, UsageError, option
 from .exactness import exactness_rule
 from .history import History
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
@@ -104,7 +104,8 @@ class Generator:
 
     def render_chat(self, messages: list[tuple[str, str]]) -> str:
         if not self.chat_template:
-            raise SpecdecError("this model has no chat template; use --raw or set chat_template in models.toml")
+            raise SpecdecError(f"this model has no chat template; use {option('raw')} "
+                               f"or set chat_template in models.toml")
         return self.model.apply_chat_template(self.chat_template, messages)
 
     def tokenize(self, text: str, *, special: bool = True) -> np.ndarray:
@@ -121,15 +122,15 @@ class Generator:
         draft = draft or DraftSettings()
         sampling.validate()
         if draft.mode not in DRAFT_MODES:
-            raise UsageError(f"unknown --draft {draft.mode!r} (choose from {', '.join(DRAFT_MODES)})")
+            raise UsageError(f"unknown {option('draft')} mode {draft.mode!r} (choose from {', '.join(DRAFT_MODES)})")
         if max_tokens <= 0:
-            raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+            raise UsageError(f"{option('max_tokens')} must be positive, got {max_tokens}")
         prompt = np.ascontiguousarray(prompt, dtype=np.int32)
         if len(prompt) == 0:
             raise UsageError("the prompt is empty")
         if len(prompt) >= self.ctx.n_ctx:
             raise SpecdecError(f"the prompt has {len(prompt)} tokens but the context holds {self.ctx.n_ctx}; "
-                               f"use a larger --ctx or a shorter prompt")
+                               f"use a larger {option('n_ctx')} or a shorter prompt")
         tree_size, draft_len = self._resolve_sizes(draft)
         plain = draft.mode == "auto" and self.plain_reason is not None
         if plain:  # verifying a draft would cost a one-token call per row: it cannot pay
@@ -273,9 +274,10 @@ class Generator:
         tree = draft.tree_size if draft.mode in USES_TREE else 1
         chain = draft.draft_len if CHAIN_SOURCE[draft.mode] else 0
         if tree < 1 or chain < 0:
-            raise UsageError("--tree-size must be >= 1 and --draft-len >= 0")
+            raise UsageError(f"{option('tree_size')} must be >= 1 and {option('draft_len')} >= 0")
         if tree + chain > self.config.n_batch:
-            raise UsageError(f"--tree-size + --draft-len must fit one batch ({self.config.n_batch})")
+            raise UsageError(f"{option('tree_size')} + {option('draft_len')} must fit one batch "
+                             f"({self.config.n_batch})")
         return tree, chain
 
     def _prefill(self, prompt: np.ndarray, stats: GenerationStats) -> int:

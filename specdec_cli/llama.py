@@ -81,7 +81,7 @@ import llama_cpp as lc  # noqa: E402  (loads libgomp)
 if _spin_set:
     del os.environ["GOMP_SPINCOUNT"]
 
-from .errors import SpecdecError, UsageError
+from .errors import SpecdecError, UsageError, option
 
 KV_CACHE_TYPES = {"f32": lc.GGML_TYPE_F32, "f16": lc.GGML_TYPE_F16,
                   "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0, "q4_1": lc.GGML_TYPE_Q4_1,
@@ -175,7 +175,8 @@ class LlamaModel:
             self._ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
             gpu = f"; with {n_gpu_layers} layers on the GPU: fewer may fit" if n_gpu_layers else ""
-            raise SpecdecError(f"llama.cpp failed to load model {self.path} (run with --verbose for details{gpu})")
+            raise SpecdecError(f"llama.cpp failed to load model {self.path} "
+                               f"(run with {option('verbose')} for details{gpu})")
         self.vocab = lc.llama_model_get_vocab(self._ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self._eog = np.array([bool(lc.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
@@ -232,7 +233,8 @@ class LlamaModel:
             buf = ctypes.create_string_buffer(n)
             n = lc.llama_chat_apply_template(template.encode(), chat, len(keep), True, buf, n)
         if n < 0:
-            raise SpecdecError("the model's chat template is not supported by llama.cpp; use --raw")
+            raise SpecdecError(f"the model's chat template is not supported by llama.cpp; use {option('raw')} "
+                               "(the prompt as is, without the template)")
         return buf.raw[:n].decode("utf-8", "replace")
 
 
@@ -263,7 +265,7 @@ class LlamaContext:
         # llama.cpp reserves an output row per sequence in every batch, and caps a batch at
         # the context size: a smaller context aborts the process (GGML_ASSERT in output_reserve).
         if min(config.n_ctx, config.n_batch) < config.n_seq_max:
-            raise UsageError(f"--ctx {config.n_ctx} is too small: the smallest context that works is "
+            raise UsageError(f"{option('n_ctx')} {config.n_ctx} is too small: the smallest context that works is "
                              f"{config.n_seq_max} tokens")
         params = lc.llama_context_default_params()
         params.n_ctx = config.n_ctx
@@ -292,7 +294,8 @@ class LlamaContext:
         with interrupt_after():
             self._ptr = lc.llama_init_from_model(model.ptr, params)
         if not self._ptr:
-            raise SpecdecError("llama.cpp failed to create a context (try a smaller --ctx, or --verbose)")
+            raise SpecdecError(f"llama.cpp failed to create a context (try a smaller {option('n_ctx')}, "
+                               f"or {option('verbose')})")
         self.n_ctx = lc.llama_n_ctx(self._ptr)
         self.n_threads = threads
         self.memory = lc.llama_get_memory(self._ptr)
@@ -310,7 +313,7 @@ class LlamaContext:
         rc = lc.llama_decode(self._ptr, batch.struct)
         if rc != 0:
             if rc == 1:
-                raise SpecdecError("the KV cache is full (context overflow); use a larger --ctx")
+                raise SpecdecError(f"the KV cache is full (context overflow); use a larger {option('n_ctx')}")
             raise SpecdecError(f"llama_decode failed with code {rc}")
 
     def decode_chain(self, batch: "TokenBatch", tokens: np.ndarray, first_pos: int, seq_ids: np.ndarray,

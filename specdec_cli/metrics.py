@@ -74,7 +74,7 @@ class GenerationStats:
     prefill_backend: str = "llama"
     backend: str = "CPU"  # where the offloaded layers run: "CPU" or a GPU backend ("CUDA", "Metal", ...)
     gpu_layers: int = 0  # layers on it, the output layer counted (offload.OffloadPlan)
-    # Why `--draft auto` decoded plainly throughout, when it had to (no exact batch > 1).
+    # Why the `auto` draft mode decoded plainly throughout, when it had to (no exact batch > 1).
     plain_reason: str | None = None
     seed: int | None = None  # the sampling seed (drawn when none was given); None when greedy
 

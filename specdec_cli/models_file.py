@@ -18,13 +18,15 @@ from .paths import config_dir
 from .split_model import SplitPackages
 
 SOURCES = ("pypi", "hf", "path")
-# Options a registry entry may preset for `specdec run` (README, "Usage").
-DEFAULTABLE_OPTIONS = frozenset(
-    {
-        "draft", "tree_size", "draft_len", "kv_cache", "prefill", "ep", "ctx", "threads",
-        "max_tokens", "temp", "top_k", "top_p", "seed", "system", "exact",
-    }
-)
+# Options an entry may preset (`defaults`), each with the type of its value: a value on the
+# command line wins, else the entry's, else the built-in default (session.resolve_options;
+# README, "`specdec models`"). Numbers are >= 0, these ones > 0; the engine checks the rest.
+DEFAULTABLE_OPTIONS = {
+    "draft": str, "tree_size": int, "draft_len": int, "kv_cache": str, "prefill": str, "ep": str, "ctx": int,
+    "threads": int, "max_tokens": int, "temp": float, "top_k": int, "top_p": float, "seed": int, "system": str,
+    "exact": bool,
+}
+_POSITIVE_OPTIONS = frozenset({"tree_size", "ctx", "threads", "max_tokens"})
 _ENTRY_FIELDS = frozenset(
     {
         "description", "source", "package", "file", "assemble", "repo", "revision", "sha256",
@@ -160,10 +162,15 @@ def _parse_entry(alias: str, table: object, origin: str, base_dir: Path) -> Mode
     defaults = table.get("defaults", {})
     if not isinstance(defaults, dict):
         raise fail("`defaults` must be a table, e.g. defaults = { draft = \"auto\" }")
-    unknown_options = set(defaults) - DEFAULTABLE_OPTIONS
+    unknown_options = set(defaults) - set(DEFAULTABLE_OPTIONS)
     if unknown_options:
         raise fail(f"`defaults` has unknown option(s) {sorted(unknown_options)}")
-    entry.defaults = dict(defaults)
+    for key, value in defaults.items():
+        problem = _default_problem(key, value)
+        if problem:
+            raise fail(f"`defaults.{key}` must be {problem}")
+    entry.defaults = {key: float(value) if DEFAULTABLE_OPTIONS[key] is float else value
+                      for key, value in defaults.items()}
 
     if source == "pypi":
         if entry.package is None or (entry.file is None and entry.assemble is None):
@@ -186,6 +193,20 @@ def _parse_entry(alias: str, table: object, origin: str, base_dir: Path) -> Mode
             raise fail("`split_packages` is an offline alternative to source = \"hf\"")
         entry.split = _parse_split(table["split_packages"], fail)
     return entry
+
+
+def _default_problem(key: str, value: object) -> str | None:
+    """What is wrong with a `defaults` value for its option, or None."""
+    kind = DEFAULTABLE_OPTIONS[key]
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if kind is str:
+        return None if isinstance(value, str) and value else "a non-empty string"
+    number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    least = 1 if key in _POSITIVE_OPTIONS else 0
+    if number and value >= least:  # NaN is not
+        return None
+    return f"{'a number' if kind is float else 'an integer'} >= {least}"
 
 
 def _parse_split(table: object, fail) -> SplitPackages:

@@ -1,6 +1,6 @@
-"""How many of a model's layers run on the GPU (`--gpu-layers N|all|auto`). Pure: the GPU
-devices with their free memory and the model's sizes in, a plan out; devices.offload_plan
-asks ggml and the GGUF file for the numbers.
+"""How many of a model's layers run on the GPU (EngineConfig.gpu_layers: N, all or auto).
+Pure: the GPU devices with their free memory and the model's sizes in, a plan out;
+devices.offload_plan asks ggml and the GGUF file for the numbers.
 
 llama.cpp counts a model's repeating blocks and then its output layer: with n blocks,
 n_gpu_layers = n + 1 puts every layer on the GPU, n keeps the output layer on the CPU,

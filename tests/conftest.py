@@ -24,6 +24,16 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("specdec-cache")
 
 
+@pytest.fixture
+def cli_flag_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's messages as the CLI shows them: each option named by its flag
+    (errors.option), for this test only."""
+    from specdec_cli import errors
+    from specdec_cli.cli_options import FLAGS
+
+    monkeypatch.setattr(errors, "_OPTION_NAMES", dict(FLAGS))
+
+
 @pytest.fixture(scope="session")
 def probed_default_model(shared_cache_dir: Path, smollm2_gguf: Path) -> None:
     """The default model's one-time exactness probe, run before the first slow test, so

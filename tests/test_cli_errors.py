@@ -4,6 +4,7 @@ traceback or a native abort; and the small messages that were wrong."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from specdec_cli.cli_options import MIN_CTX
+from specdec_cli.errors import UsageError
 from specdec_cli.options import EngineConfig
 
 SHORT = ["--max-tokens", "4", "--draft", "none"]
@@ -86,6 +88,75 @@ def test_context_past_the_training_context(run_specdec) -> None:
 
 def test_absurd_context(run_specdec) -> None:
     _usage_error(run_specdec("run", "hi", "--ctx", str(1 << 40)), "--ctx")
+
+
+# --- the library names options, the CLI its flags (issue 19) --------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "specdec_cli"
+
+
+def _cli_flags() -> set[str]:
+    import typer
+
+    from specdec_cli.cli import _mount_subcommands, app
+
+    if not any(info.name == "models" for info in app.registered_groups):
+        _mount_subcommands()
+    flags: set[str] = set()
+    stack = [typer.main.get_command(app)]
+    while stack:
+        command = stack.pop()
+        stack += list(getattr(command, "commands", {}).values())
+        flags |= {flag for param in command.params for flag in (*param.opts, *param.secondary_opts)}
+    return flags
+
+
+def _library_strings():
+    """(module, line, text) of every string in the library's code, docstrings left out: the
+    modules below the commands, but the benchmark's (the `bench` command's own front end)."""
+    import ast
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name.startswith(("cli", "console", "__main__", "bench/")):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                yield name, node.lineno, node.value
+
+
+def test_the_library_names_no_flag() -> None:
+    flags = _cli_flags() - {"-h", "--help"}
+    found = [f"{name}:{line}: {flag}" for name, line, text in _library_strings()
+             for flag in re.findall(r"(?<![\w-])--?[a-z][a-z0-9-]*", text) if flag in flags]
+    assert found == [], "name the option with errors.option(...) instead"
+
+
+def test_every_option_the_library_names_is_a_flag() -> None:
+    from specdec_cli.cli_options import FLAGS
+
+    named = {match for path in PACKAGE.rglob("*.py")
+             for match in re.findall(r"\boption\([\"'](\w+)[\"']\)", path.read_text())}
+    assert named and named <= set(FLAGS), sorted(named - set(FLAGS))
+    assert set(FLAGS.values()) <= _cli_flags()
+
+
+def test_library_messages_read_as_the_cli_spells_them(cli_flag_names) -> None:
+    from specdec_cli.chat import ChatSession
+
+    with pytest.raises(UsageError, match="^--max-tokens must be positive"):
+        ChatSession(None, sampling=None, draft=None, max_tokens=0)
+
+
+def test_library_messages_name_library_options() -> None:
+    from specdec_cli.chat import ChatSession
+
+    with pytest.raises(UsageError, match="^max_tokens must be positive"):
+        ChatSession(None, sampling=None, draft=None, max_tokens=0)
 
 
 # --- item 5: values that used to end in a traceback -----------------------------------------

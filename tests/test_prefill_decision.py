@@ -1,6 +1,7 @@
 """`--prefill onnx` decides before building anything, and names real flags (issues 18 and
-21): an unsupported KV cache type is known up front, and the ONNX graph (hundreds of MB) is
-exported only for a prompt long enough to use it."""
+21; the library names its options, the CLI's flags in their place): an unsupported KV cache
+type is known up front, and the ONNX graph (hundreds of MB) is exported only for a prompt
+long enough to use it."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_unsupported_kv_cache_is_refused_before_any_export(smollm2_gguf: Path, cache: Path, kv_types) -> None:
     warnings: list[str] = []
     assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=kv_types, warn=warnings.append) is None
-    assert len(warnings) == 1 and "--kv-cache f16" in warnings[0] and "--kv f16" not in warnings[0], warnings
+    assert len(warnings) == 1 and "kv_cache f16" in warnings[0] and "--" not in warnings[0], warnings
     assert not (cache / "onnx").exists()
+
+
+def test_the_cli_reads_its_flags_in_the_warning(smollm2_gguf: Path, cache: Path, cli_flag_names) -> None:
+    warnings: list[str] = []
+    assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=("q4_1", "f16"), warn=warnings.append) is None
+    assert len(warnings) == 1 and warnings[0].startswith("--prefill onnx:") and "--kv-cache f16" in warnings[0]
 
 
 @pytest.mark.parametrize("kv_types", [("f16", "f16"), ("f16", "q8_0"), ("q4_0", "q4_0")])

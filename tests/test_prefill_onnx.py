@@ -153,7 +153,7 @@ def test_unsupported_kv_cache_type_is_refused(smollm2_gguf: Path, smollm2: Engin
     ctx = LlamaContext(smollm2.model, ContextConfig(n_ctx=256, n_batch=64, n_seq_max=1, n_threads=2,
                                                     kv_k="q4_1", kv_v="f16"))
     try:
-        with pytest.raises(PrefillUnavailable, match="--kv-cache f16, q8_0 or q4_0"):
+        with pytest.raises(PrefillUnavailable, match="kv_cache f16, q8_0 or q4_0"):
             KVHandoff.probe(ctx, smollm2.prefiller.spec)
         assert ctx.seq_pos_max(0) == -1  # the probe leaves the sequence empty
         # what the Generator calls: a warning, and llama.cpp prefill instead, from then on

@@ -186,6 +186,27 @@ def test_registry_user_override_is_used_by_run(run_specdec, specdec_env, smollm2
     assert json.loads(result.stdout)["model"] == "my-smol"
 
 
+def test_models_toml_defaults_apply_unless_a_flag_is_given(run_specdec, specdec_env, smollm2_gguf: Path):
+    config = Path(specdec_env["SPECDEC_CONFIG_DIR"])
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "models.toml").write_text(
+        f'[models.my-smol]\ndescription = "with defaults"\nsource = "path"\npath = "{smollm2_gguf}"\n'
+        'chat_template = "chatml"\ndefaults = { max_tokens = 3, draft = "ngram", draft_len = 5, temp = 0.7, '
+        'seed = 7, system = "Answer in French." }\n')
+    result = run_specdec("run", "hi", "-m", "my-smol", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["tokens"]) <= 3 and doc["finish_reason"] in ("length", "stop")
+    assert (doc["stats"]["draft"], doc["stats"]["draft_len"], doc["stats"]["seed"]) == ("ngram", 5, 7)
+
+    # flags and SPECDEC_ variables win; --raw leaves the default system prompt out
+    result = run_specdec("run", "hi", "-m", "my-smol", "--json", "--raw", "--draft-len", "2", "--temp", "0",
+                         SPECDEC_MAX_TOKENS="1")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["tokens"]) <= 1 and doc["stats"]["draft_len"] == 2 and doc["stats"]["seed"] is None
+
+
 def test_gguf_path_as_model(run_specdec, smollm2_gguf: Path):
     result = run_specdec("run", "hi", *SHORT, "-m", str(smollm2_gguf), "--json")
     assert result.returncode == 0, result.stderr

@@ -1,11 +1,12 @@
-"""Choosing the prefill backend for the Generator: `--prefill auto|llama|onnx`, `--ep NAME`."""
+"""Choosing the prefill backend for the Generator: EngineConfig.prefill (auto | llama | onnx) and
+EngineConfig.ep (an onnxruntime execution provider)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from .errors import PrefillUnavailable
 from .onnx_prefill import OnnxPrefiller
 from .providers import npu_providers
@@ -24,18 +25,18 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
                    progress: Callable[[int, int], None] | None = None) -> OnnxPrefiller | None:
     """The ONNX prefiller to use, or None for llama.cpp prefill.
 
-    auto: ONNX only where onnxruntime offers an NPU (or the user named a provider with
-    --ep); on CPU-only machines llama.cpp prefill stays: it is the exact reference. (The
+    auto: ONNX only where onnxruntime offers an NPU (or the user named a provider, `ep`);
+    on CPU-only machines llama.cpp prefill stays: it is the exact reference. (The
     CPU provider was faster for SmolLM2 on the 2-core development machine and about even
     for Qwen2.5-Coder-1.5B, bench/RESULTS.md, "NPU prefill (issue 21)"; choosing it from a
     measured profile is not implemented.)
     onnx: ONNX on the chosen provider (the CPU provider stands in for an NPU).
     Anything that makes ONNX prefill impossible (architecture, provider, KV cache types,
     export) means llama.cpp prefill, never an error and never wrong output; a user who asked
-    for ONNX (--prefill onnx or --ep) gets one warning line saying why. Everything that
+    for ONNX (`mode` onnx or an `ep`) gets one warning line saying why. Everything that
     can be decided up front is, before anything is exported."""
     if mode not in PREFILL_MODES:
-        raise UsageError(f"unknown --prefill {mode!r} (choose from {', '.join(PREFILL_MODES)})")
+        raise UsageError(f"unknown {option('prefill')} mode {mode!r} (choose from {', '.join(PREFILL_MODES)})")
     if mode == "llama":
         return None
     explicit = mode == "onnx" or ep not in (None, "", "auto")
@@ -44,13 +45,13 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
     say = warn if explicit else (lambda message: None)
     unsupported = [f"{kind} {name}" for kind, name in zip("KV", kv_types) if name not in ONNX_KV_TYPES]
     if unsupported:
-        say(f"--prefill onnx: ONNX prefill writes f16, q8_0 and q4_0 KV caches, not {' / '.join(unsupported)}; "
-            f"using llama.cpp prefill (--kv-cache f16 allows it)")
+        say(f"{option('prefill')} onnx: ONNX prefill writes f16, q8_0 and q4_0 KV caches, "
+            f"not {' / '.join(unsupported)}; using llama.cpp prefill ({option('kv_cache')} f16 allows it)")
         return None
     try:
         prefiller = OnnxPrefiller(model_path, ep=ep or "auto", n_threads=n_threads, progress=progress)
     except PrefillUnavailable as exc:
-        say(f"--prefill onnx: {exc}; using llama.cpp prefill")
+        say(f"{option('prefill')} onnx: {exc}; using llama.cpp prefill")
         return None
     prefiller.explicit = explicit
     return prefiller
@@ -66,7 +67,7 @@ def prefill_with_fallback(prefiller: OnnxPrefiller | None, ctx, body, n_seq: int
         return False
     if len(body) - start < MIN_ONNX_TOKENS:
         if prefiller.explicit and not prefiller.short_warned:
-            warn(f"--prefill onnx: {len(body) - start} new prompt tokens are too few for ONNX prefill "
+            warn(f"{option('prefill')} onnx: {len(body) - start} new prompt tokens are too few for ONNX prefill "
                  f"(it starts at {MIN_ONNX_TOKENS}); llama.cpp prefills them")
             prefiller.short_warned = True
         return False

@@ -1,8 +1,8 @@
 """What the prefill graph reads from a GGUF file: metadata, tensor infos, tensor bytes.
 
 gguf-py's GGUFReader builds a numpy view of every element of every metadata array; the
-tokenizer arrays of a 150k-262k token vocabulary make that 30-45 s here, which `--prefill
-onnx` paid before deciding anything. This reader walks the header once (format: ggml's
+tokenizer arrays of a 150k-262k token vocabulary make that 30-45 s here, which ONNX
+prefill paid before deciding anything. This reader walks the header once (format: ggml's
 docs/gguf.md), keeps scalars and short arrays, skips long ones, and maps tensor data only
 when a weight is dequantized.
 """

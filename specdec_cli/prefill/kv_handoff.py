@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import option
 from .errors import KVLayoutMismatch, PrefillUnavailable
 from .kv_blocks import TYPE_NAMES, CacheFormat, cache_formats
 from .model_spec import ModelSpec
@@ -251,7 +252,7 @@ class KVHandoff:
         for name in (k_name, v_name):
             if name not in HANDOFF_KV_TYPES:
                 raise PrefillUnavailable(f"ONNX prefill cannot write a {name} KV cache; "
-                                         f"use --kv-cache f16, q8_0 or q4_0, or --prefill llama")
+                                         f"use {option('kv_cache')} f16, q8_0 or q4_0, or {option('prefill')} llama")
         k_format, v_format = cache_formats(k_name, v_name, spec.head_dim, spec.kv_dim)
         for block, (layers, _) in zip(template.blocks, expected):
             if len(block.layers) != len(layers):
