@@ -53,7 +53,7 @@ public:
 
     // Depth-first preorder, first child first: the rank-0 path (the likeliest one) takes
     // the first batch rows, so when it is accepted its KV cells sit in position order
-    // right after the cache's accepted prefix (see Generator._commit).
+    // right after the cache's accepted prefix (see Verifier._commit).
     DraftTree finish() const {
         const std::size_t n = tree_.tokens.size();
         std::vector<std::int32_t> order;

@@ -14,7 +14,7 @@ LAYERS = [
     ("commands", ("__main__", "cli", "cli_*", "console")),
     ("front ends", ("session", "chat", "bench", "bench.*")),
     ("engine", ("generator",)),
-    ("parts", ("drafting", "history", "exactness", "tuning", "prefill", "prefill.*", "registry", "models_file", "hub",
+    ("parts", ("verifier", "drafting", "history", "exactness", "tuning", "prefill", "prefill.*", "registry", "models_file", "hub",
                "devices")),
     ("foundations", ("llama", "policy", "metrics", "options", "offload", "text_stream", "paths", "errors", "split_model",
                      "gguf_file", "__init__")),
