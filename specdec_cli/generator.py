@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _native as nat
 from .devices import offload_plan
-from .drafting import (CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter)
+from .drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter
 from .errors import SpecdecError, UsageError, option
 from .exactness import exactness_rule
 from .history import History
@@ -182,8 +182,8 @@ class Generator:
                 rows = min(room, self.config.n_batch - len(deferred))  # one batch holds the deferred tokens too
                 step_tree = min(step_tree, rows)
                 chain = found.tokens[:min(step_chain, max(0, rows - step_tree))]
-                step = self.verifier.step(deferred, root, n_past, draft.mode, step_tree, chain, sampling, sampler, stats,
-                                  position=len(out))
+                step = self.verifier.step(deferred, root, n_past, draft.mode, step_tree, chain, sampling, sampler,
+                                          stats, position=len(out))
                 if len(chain):
                     stats.chains_from[found.origin] = stats.chains_from.get(found.origin, 0) + 1
                 if policy is not None:

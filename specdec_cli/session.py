@@ -126,10 +126,10 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def kv_cache_types(options: RunOptions, exact: bool) -> tuple[str, str]:
+def kv_cache_types(options: RunOptions) -> tuple[str, str]:
     """K and V cache types: kv_k / kv_v, else kv_cache (given, or the model's models.toml
     default: resolve_options), else the engine mode's default (options.default_kv_types)."""
-    default_k, default_v = default_kv_types(exact)
+    default_k, default_v = default_kv_types(bool(options.exact))
     kv_k = options.kv_k or options.kv_cache or default_k
     kv_v = options.kv_v or options.kv_cache or default_v
     for name, kind in ((kv_k, "kv_k"), (kv_v, "kv_v")):
@@ -155,7 +155,7 @@ def open_session(options: RunOptions, progress: Progress | None = None, *,
     if info.context_length and options.ctx > max(info.context_length, BUILT_IN_DEFAULTS["ctx"]):
         raise UsageError(f"{option('n_ctx')} {options.ctx} is more than {resolved.alias}'s training context "
                          f"({info.context_length} tokens)")
-    kv_k, kv_v = kv_cache_types(options, options.exact)
+    kv_k, kv_v = kv_cache_types(options)
     draft = DraftSettings(mode=options.draft, tree_size=options.tree_size, draft_len=options.draft_len)
     config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, exact=options.exact, kv_k=kv_k, kv_v=kv_v,
                           verbose=options.verbose, prefill=options.prefill, ep=options.ep,

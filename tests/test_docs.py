@@ -3,9 +3,10 @@ from the code into docs/DESIGN.md names a section that exists."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [p for pattern in ("specdec_cli/**/*.py", "native/*.[ch]pp", "bench/*.py", "bench/*.md", "README.md")
@@ -13,9 +14,7 @@ SOURCES = [p for pattern in ("specdec_cli/**/*.py", "native/*.[ch]pp", "bench/*.
 
 
 def test_cli_reference_is_generated_from_the_cli() -> None:
-    spec = importlib.util.spec_from_file_location("make_cli_md", ROOT / "docs" / "make_cli_md.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("docs/make_cli_md.py")
     assert (ROOT / "docs" / "CLI.md").read_text() == module.cli_reference(), \
         "docs/CLI.md is stale: run `python docs/make_cli_md.py`"
 

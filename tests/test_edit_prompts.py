@@ -4,34 +4,21 @@ bench/make_edit_prompts.py): its shape, its provenance, and that it is reproduci
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
-GENERATOR = Path(__file__).resolve().parent.parent / "bench" / "make_edit_prompts.py"
 CODE_CATEGORIES = {"code-rename", "code-type-hints", "code-docstring", "code-fstring",
                    "code-remove-comments", "code-refactor"}
 DOC_CATEGORIES = {"doc-rewrite", "doc-copyedit"}
 FENCED = re.compile(r"```(\w+)\n(.*?)\n```", re.DOTALL)
 
 
-def load_generator():
-    # bench/ is a folder of scripts, not a package: load the script by its path. It must be
-    # in sys.modules while it runs, or its dataclasses cannot resolve their annotations.
-    spec = importlib.util.spec_from_file_location("make_edit_prompts", GENERATOR)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def generator():
-    return load_generator()
+    return load_script("bench/make_edit_prompts.py")
 
 
 @pytest.fixture(scope="module")

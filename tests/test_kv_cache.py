@@ -23,16 +23,16 @@ SPECULATIVE = [("ngram", 1, 8), ("hybrid", 10, 6)]
 
 def test_kv_types_resolve_in_order():
     # the engine mode's default: f16/f16 fast, V q8_0 exact (options.default_kv_types)
-    assert kv_cache_types(RunOptions(), exact=False) == ("f16", "f16")
-    assert kv_cache_types(RunOptions(), exact=True) == ("f16", "q8_0")
+    assert kv_cache_types(RunOptions(exact=False)) == ("f16", "f16")
+    assert kv_cache_types(RunOptions(exact=True)) == ("f16", "q8_0")
     toml = {"kv_cache": "q4_0"}  # a models.toml default
-    assert kv_cache_types(resolve_options(RunOptions(), toml), exact=True) == ("q4_0", "q4_0")
-    assert kv_cache_types(resolve_options(RunOptions(kv_cache="f16"), toml), exact=True) == ("f16", "f16")
-    assert kv_cache_types(resolve_options(RunOptions(kv_k="f16"), toml), exact=True) == ("f16", "q4_0")
-    assert kv_cache_types(RunOptions(kv_cache="q8_0", kv_v="q4_0"), exact=False) == ("q8_0", "q4_0")
-    assert kv_cache_types(RunOptions(kv_k="q4_0"), exact=True) == ("q4_0", "q8_0")
+    assert kv_cache_types(resolve_options(RunOptions(exact=True), toml)) == ("q4_0", "q4_0")
+    assert kv_cache_types(resolve_options(RunOptions(kv_cache="f16", exact=True), toml)) == ("f16", "f16")
+    assert kv_cache_types(resolve_options(RunOptions(kv_k="f16", exact=True), toml)) == ("f16", "q4_0")
+    assert kv_cache_types(RunOptions(kv_cache="q8_0", kv_v="q4_0", exact=False)) == ("q8_0", "q4_0")
+    assert kv_cache_types(RunOptions(kv_k="q4_0", exact=True)) == ("q4_0", "q8_0")
     with pytest.raises(UsageError, match="kv_k"):
-        kv_cache_types(RunOptions(kv_k="q3_k"), exact=False)
+        kv_cache_types(RunOptions(kv_k="q3_k", exact=False))
     with pytest.raises(UsageError, match="models.toml"):
         resolve_options(RunOptions(), {"kv_cache": "fp8"})
 

@@ -1,24 +1,10 @@
 """bench/policy_sim.py replays drafting rules over recorded outputs: its accounting must be
 right for its comparisons to mean anything."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
+from repo_scripts import load_script
 from specdec_cli.policy import CostCurve, SpeculationPolicy
-
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "policy_sim.py"
-
-
-def load_script():
-    # bench/ holds scripts, not a package: load this one by its path.
-    spec = importlib.util.spec_from_file_location("policy_sim", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def copy_record() -> dict:
@@ -34,7 +20,7 @@ CURVE = CostCurve(sizes=[1, 4, 16, 32, 64], ms=[10.0, 25.0, 70.0, 130.0, 250.0])
 
 
 def test_replay_accounts_for_every_token():
-    sim = load_script()
+    sim = load_script("bench/policy_sim.py")
     record = copy_record()
     plain = sim.replay(record, sim.FixedRule(10**9, 0), CURVE)
     assert plain == {"ms": 1200.0, "steps": 120, "rows": 120, "tokens": 120}
@@ -44,7 +30,7 @@ def test_replay_accounts_for_every_token():
 
 
 def test_oracle_bounds_the_rules():
-    sim = load_script()
+    sim = load_script("bench/policy_sim.py")
     record = copy_record()
     oracle = sim.replay(record, None, CURVE, oracle=True)
     rules = [sim.FixedRule(12, 48), sim.FixedRule(24, 64, min_known=48),
