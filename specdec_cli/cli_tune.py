@@ -42,9 +42,9 @@ def tune(
         return
     from .cli_progress import assembly_progress
     from .session import RunOptions, open_session
-    from .tuning import measure_profile, save_profile
+    from .tuning import TUNE_CONTEXT, measure_profile, save_profile
 
-    session = open_session(RunOptions(model=model, ctx=1024, threads=threads, kv_cache=kv_cache, kv_k=kv_k,
+    session = open_session(RunOptions(model=model, ctx=TUNE_CONTEXT, threads=threads, kv_cache=kv_cache, kv_k=kv_k,
                                       kv_v=kv_v, verbose=verbose, exact=exact, gpu_layers=gpu_layers),
                            progress=assembly_progress(True))
     generator = session.generator
@@ -71,6 +71,7 @@ def tune(
                   f"measured in {elapsed:.1f}s"
                   + (f"; measured again: k = {', '.join(map(str, profile.rechecked))}" if profile.rechecked else ""))
         out.print(_curve_table(profile))
+        out.print(_depth_line(profile))
         if generator.plain_reason:
             out.print(f"note: {escape(generator.plain_reason)}")
     if not stored:  # storing it is what tune is for; the warning said why it failed
@@ -97,6 +98,7 @@ def _show(as_json: bool) -> None:
         out.print(f"[bold]{path.name}[/bold]  {profile.model_path}\n  {profile.device}, {_where(profile)}, {when}"
                   f"{' (quick)' if profile.quick else ''}")
         out.print(_curve_table(profile))
+        out.print(_depth_line(profile))
 
 
 def _where(profile: Profile) -> str:
@@ -120,3 +122,11 @@ def _curve_table(profile: Profile) -> Table:
     for k, ms in zip(profile.curve.sizes, profile.curve.ms):
         table.add_row(str(k), f"{ms:.2f}", f"{ratios[k]:.2f}", f"{ms / k:.2f}", "yes" if k in profile.rechecked else "")
     return table
+
+
+def _depth_line(profile: Profile) -> str:
+    curve = profile.curve
+    if not curve.row_cell_ms:
+        return f"measured after {curve.depth or profile.prefix_tokens} tokens of context; no depth term (run tune again)"
+    return (f"measured after {curve.depth} tokens of context; each row costs {curve.row_cell_ms * 1000:.2f} ms "
+            f"more per 1000 tokens beyond that")

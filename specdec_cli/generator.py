@@ -177,7 +177,7 @@ class Generator:
                 step_tree, step_chain = tree_size, len(found.tokens)
                 if policy is not None:
                     choice = policy.choose(found.tokens, found.match_length, n_deferred=len(deferred),
-                                           agreement=found.agreement)
+                                           agreement=found.agreement, depth=n_past)
                     step_tree, step_chain = choice.tree_size, choice.draft_len
                 rows = min(room, self.config.n_batch - len(deferred))  # one batch holds the deferred tokens too
                 step_tree = min(step_tree, rows)

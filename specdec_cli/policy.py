@@ -24,9 +24,12 @@ speculative option has to beat plain decoding by SPECULATION_MARGIN to be taken.
   as a "shadow" prediction and scored against the tokens the model actually produces, so
   the policy learns what a match of length n is worth without paying for drafts it
   decides not to verify.
-- Each rate is the current generation's own count shrunk towards the rate over everything
-  generated so far (worth LOCAL_WEIGHT observations): how much a prompt's continuation
-  copies varies far more between prompts than between steps of one prompt.
+- Each rate is the current generation's own count shrunk towards the rate over recent
+  generations (worth LOCAL_WEIGHT observations; older generations fade by GENERATION_DECAY):
+  how much a prompt's continuation copies varies far more between prompts than between
+  steps of one prompt.
+- A step's rows attend to the whole context, so its cost grows with the context length:
+  the curve carries a per-row, per-cell term measured by `specdec tune`.
 """
 
 from __future__ import annotations
@@ -77,16 +80,31 @@ MAX_STREAK = 2
 # kept apart. Split matches start from a lower prior.
 UNANIMOUS = 0.99
 SPLIT_PRIOR_FACTOR = 0.7
+# At each new generation the rates learned so far count GENERATION_DECAY times as much:
+# they follow the user's recent work (about the last ten generations) instead of
+# everything since install. Replayed on Qwen2.5-Coder (bench/policy_sim.py): chat after a
+# day of edit work started 0.96x plain decoding on RAG prompts with the edit work's
+# confident long-match rates kept whole, 0.99x with them decayed; edits lost 0.7-0.9%.
+GENERATION_DECAY = 0.9
 LEARNED_VERSION = 1
 LEARNED_CAP = 2000.0
 
 
 @dataclass
 class CostCurve:
-    """Step time in ms for k rows, at measured sizes; interpolated in between."""
+    """Step time in ms for k rows, at measured sizes; interpolated in between.
+
+    Measured at `depth` cells of context. Every verified row attends to every cell, so a
+    step over a longer context costs `row_cell_ms` more per row and cell: on
+    Qwen2.5-Coder-1.5B (2-core CPU) c(1) grows 84 -> 94 -> 109 ms from 300 to 1000 to 2000
+    cells and c(16) 638 -> 897 -> 1010 ms, ~0.014 ms per row per cell either way; a curve
+    read at 300 cells priced the 5- and 16-row bets of a 700-token summarization prompt
+    10-25% too cheap. 0 = no depth term (profiles measured before it)."""
 
     sizes: list[int]
     ms: list[float]
+    depth: int = 0
+    row_cell_ms: float = 0.0
 
     def at(self, k: int) -> float:
         """c(k) for one llama_decode call of k rows (linear interpolation, linear
@@ -106,6 +124,11 @@ class CostCurve:
         k0, k1 = self.sizes[-2], self.sizes[-1]
         slope = (self.ms[-1] - self.ms[-2]) / (k1 - k0)
         return self.ms[-1] + slope * (k - k1)
+
+    def row_extra(self, depth: int) -> float:
+        """ms each verified row costs more (less, when negative) at `depth` cells of
+        context than where the curve was measured; never more than half of c(1) less."""
+        return max(self.row_cell_ms * (depth - self.depth), -0.5 * self.ms[0] / self.sizes[0])
 
     def ratios(self) -> dict[int, float]:
         return {k: round(ms / self.ms[0], 3) for k, ms in zip(self.sizes, self.ms)}
@@ -166,6 +189,8 @@ class _DepthStats:
     def reset_local(self) -> None:
         self.local_trials = [0.0] * MAX_DEPTH
         self.local_hits = [0.0] * MAX_DEPTH
+        self.trials = [t * GENERATION_DECAY for t in self.trials]
+        self.hits = [h * GENERATION_DECAY for h in self.hits]
 
     def expected_accepted(self, length: int) -> list[float]:
         """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
@@ -233,11 +258,13 @@ class SpeculationPolicy:
         for stats in self.ngram.values():
             stats.reset_local()
 
-    def choose(self, chain: np.ndarray, match_n: int, n_deferred: int = 0, agreement: float = 1.0) -> Choice:
+    def choose(self, chain: np.ndarray, match_n: int, n_deferred: int = 0, agreement: float = 1.0,
+               depth: int | None = None) -> Choice:
         """The option with the most expected tokens per ms for this step, given the
         drafter's lookup (continuation `chain`, suffix match length `match_n`, the share of
         earlier occurrences that continued with the chain's first token; empty/0 = no
-        match)."""
+        match) and the context length the step's rows attend to (`depth`; None = the
+        curve's own)."""
         chain_tokens = [int(t) for t in chain[:self.max_chain]]
         bucket = (match_bucket(match_n), agreement >= UNANIMOUS, min(self._streak, MAX_STREAK)) \
             if chain_tokens else None
@@ -248,6 +275,9 @@ class SpeculationPolicy:
         # Plain floats in the loop: this runs every step, next to a ~5-30 ms decode, and on
         # most steps of most prompts it ends at plain decoding.
         costs = self._costs_up_to(n_deferred + max(self.tree_sizes, default=1) + len(gains))
+        row_extra = 0.0 if depth is None else self.curve.row_extra(depth)
+        if row_extra:
+            costs = [c + rows * row_extra for rows, c in enumerate(costs)]
         overhead = self._draft_overhead
         best_rate, best = SPECULATION_MARGIN / costs[n_deferred + 1], (1, 0, 1.0)
         for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:

@@ -23,6 +23,15 @@ from .policy import CostCurve, SpeculationPolicy, prior_curve
 
 PROFILE_VERSION = 2
 PREFIX_TOKENS = 300  # context length the curve is measured at
+# The per-row cost of attending to more context (CostCurve.row_cell_ms) is read as the
+# difference between steps after PREFIX_TOKENS and after DEEP_PREFIX_TOKENS cells: 1, 8
+# and 16 rows, whose per-row growth agreed within ~10% on Qwen2.5-Coder-1.5B over 1700
+# cells (0.014-0.015 ms per row and cell); the median of the three is kept. Over 600
+# cells one noisy c(16) reading doubled the estimate.
+TUNE_CONTEXT = 2048
+DEEP_PREFIX_TOKENS = 1800
+DEPTH_SIZES = (1, 8, 16)
+DEPTH_REPEATS = 5
 QUICK_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 FULL_SIZES = tuple(range(1, 17)) + (20, 24, 32, 40, 48, 64)
 QUICK_REPEATS = 3
@@ -69,9 +78,11 @@ class Profile:
         fields = {k: v for k, v in data.items() if k != "version"}
         curve = fields.pop("curve")
         sizes, ms = [int(k) for k in curve["sizes"]], [float(v) for v in curve["ms"]]
-        if not sizes or len(sizes) != len(ms) or sizes != sorted(set(sizes)) or min(ms) <= 0:
+        depth, row_cell_ms = int(curve.get("depth", 0)), float(curve.get("row_cell_ms", 0.0))
+        if (not sizes or len(sizes) != len(ms) or sizes != sorted(set(sizes)) or min(ms) <= 0
+                or depth < 0 or row_cell_ms < 0):
             raise ValueError("profile cost curve is malformed")
-        return cls(curve=CostCurve(sizes=sizes, ms=ms), **fields)
+        return cls(curve=CostCurve(sizes=sizes, ms=ms, depth=depth, row_cell_ms=row_cell_ms), **fields)
 
 
 @dataclass(frozen=True)
@@ -209,9 +220,35 @@ def measure_curve(ctx: LlamaContext, *, n_batch: int, n_seq: int, verify_batch: 
     context on `ctx`. Returns the curve and the sizes measured again (sample_curve)."""
     timer = _StepTimer(ctx, n_batch, n_seq, verify_batch, n_vocab, prefix_tokens, max(sizes))
     try:
-        return sample_curve(timer.pair, sizes, repeats)
+        curve, rechecked = sample_curve(timer.pair, sizes, repeats)
+        curve.depth = timer.base
     finally:
         timer.close()
+    return curve, rechecked
+
+
+def measure_depth_cost(ctx: LlamaContext, curve: CostCurve, *, n_batch: int, n_seq: int, verify_batch: int,
+                       n_vocab: int, repeats: int = DEPTH_REPEATS) -> float:
+    """ms a verified row costs per extra context cell (CostCurve.row_cell_ms): steps of
+    DEPTH_SIZES rows timed after DEEP_PREFIX_TOKENS cells against the curve measured at
+    `curve.depth`; 0 when the context is too short to tell."""
+    timer = _StepTimer(ctx, n_batch, n_seq, verify_batch, n_vocab, DEEP_PREFIX_TOKENS, max(DEPTH_SIZES))
+    try:
+        cells = timer.base - curve.depth
+        if cells < DEEP_PREFIX_TOKENS // 3:
+            return 0.0
+        plain: list[float] = []
+        pairs: dict[int, list[float]] = {k: [] for k in DEPTH_SIZES if k > 1}
+        for _ in range(repeats):
+            for k in pairs:  # each reading brings a one-row step too: c(1)
+                one, both = timer.pair(k)
+                plain.append(one)
+                pairs[k].append(both)
+        deep = _curve(DEPTH_SIZES, plain, pairs)
+    finally:
+        timer.close()
+    per_row = [(ms - curve.at(k)) / k for k, ms in zip(deep.sizes, deep.ms)]
+    return round(max(0.0, statistics.median(per_row) / cells), 6)
 
 
 def sample_curve(pair: Callable[[int], tuple[float, float]], sizes: tuple[int, ...],
@@ -270,6 +307,8 @@ def measure_profile(ctx: LlamaContext, key: ProfileKey, *, model_path: Path, n_b
     curve, rechecked = measure_curve(ctx, n_batch=n_batch, n_seq=n_seq, verify_batch=verify_batch, n_vocab=n_vocab,
                                      sizes=QUICK_SIZES if quick else FULL_SIZES,
                                      repeats=QUICK_REPEATS if quick else FULL_REPEATS)
+    curve.row_cell_ms = measure_depth_cost(ctx, curve, n_batch=n_batch, n_seq=n_seq, verify_batch=verify_batch,
+                                           n_vocab=n_vocab, repeats=QUICK_REPEATS if quick else DEPTH_REPEATS)
     return Profile(device_key=key.device_hash, device=key.description, model_sha256=key.model_sha256,
                    model_path=str(model_path), n_threads=key.n_threads,
                    kv_cache=key.kv_k if key.kv_k == key.kv_v else f"{key.kv_k}/{key.kv_v}", engine=key.engine,

@@ -12,6 +12,15 @@ from specdec_cli.policy import CostCurve, SpeculationPolicy, match_bucket
 
 NO_MATCH = np.zeros(0, dtype=np.int32)
 CHAIN = np.arange(100, 164, dtype=np.int32)
+GENERATION_DECAY = pol.GENERATION_DECAY
+
+
+@pytest.fixture(autouse=True)
+def one_step_generations(monkeypatch):
+    """teach_ngram makes every step a generation of its own, where real ones run ~100
+    steps: the fading of older generations would leave ~10 steps' evidence. Off here; on
+    in the test about it."""
+    monkeypatch.setattr(pol, "GENERATION_DECAY", 1.0)
 
 
 def linear_curve() -> CostCurve:
@@ -99,6 +108,24 @@ def test_policy_stops_speculating_when_this_generation_keeps_missing() -> None:
     assert not policy.choose(CHAIN, 4).plain
 
 
+def test_policy_rates_follow_recent_work() -> None:
+    """A thousand generations where 4-token matches were right 98% of the time (edits),
+    then thirty where they are right 20% of the time (chat): the policy stops betting on
+    them. Without the fading of older generations the thousand would outvote the thirty
+    (980 + 6 hits in 1030 trials: 96%)."""
+    pol.GENERATION_DECAY = GENERATION_DECAY  # the fixture's monkeypatch undoes this too
+
+    def first_token_rate(policy: SpeculationPolicy) -> float:
+        return policy.summary()["match_accept_by_depth"]["n>=4,unanimous,streak=0"][0]
+
+    policy = SpeculationPolicy(pol.prior_curve(), verify_batch=32, max_tree=16, max_chain=8)
+    teach_ngram(policy, 4, accept=0.98, steps=1000)
+    assert first_token_rate(policy) > 0.85
+    teach_ngram(policy, 4, accept=0.2, steps=30)
+    assert first_token_rate(policy) < 0.5
+    assert policy.choose(CHAIN, 4).plain
+
+
 def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int) -> tuple[int, int]:
     """Every (tree, chain length) option scored without pruning: the reference for choose()."""
     chain = chain[:policy.max_chain]
@@ -164,6 +191,29 @@ def gemm_curve() -> CostCurve:
     sizes = [1, 2, 4, 8, 12, 15, 16, 24, 32, 48, 64]
     ms = [26.3, 49.3, 84.1, 132.5, 175.0, 198.0, 152.3, 215.0, 265.3, 370.0, 460.9]
     return CostCurve(sizes=sizes, ms=ms)
+
+
+def test_cost_curve_prices_rows_by_context_length() -> None:
+    """Every row attends to every cell: 1000 cells beyond where the curve was measured add
+    row_cell_ms * 1000 per row; shorter contexts are cheaper, never below half of c(1)."""
+    curve = CostCurve(sizes=[1, 4], ms=[10.0, 25.0], depth=300, row_cell_ms=0.002)
+    assert curve.row_extra(300) == 0.0
+    assert curve.row_extra(1300) == pytest.approx(2.0)
+    assert curve.row_extra(0) == pytest.approx(-0.6)
+    assert CostCurve(sizes=[1], ms=[10.0], depth=5000, row_cell_ms=0.01).row_extra(0) == -5.0
+    assert CostCurve(sizes=[1], ms=[10.0]).row_extra(100_000) == 0.0  # profiles from before the term
+
+
+def test_policy_bets_less_deep_in_a_long_context() -> None:
+    """The same confident match: drafted after 300 cells of context, where rows are cheap,
+    not after 10,300, where each row's attention costs ten times the step it was measured
+    at (a small model's steps on a long document)."""
+    curve = CostCurve(sizes=[1, 2, 4, 8, 16], ms=[10.0, 12.0, 14.0, 18.0, 26.0], depth=300, row_cell_ms=0.01)
+    policy = SpeculationPolicy(curve, verify_batch=64, max_tree=1, max_chain=8)
+    teach_ngram(policy, 4, accept=0.9)
+    assert policy.choose(CHAIN, 4, depth=300).draft_len >= 4
+    assert policy.choose(CHAIN, 4).draft_len >= 4  # no depth: the curve as measured
+    assert policy.choose(CHAIN, 4, depth=10_300).plain
 
 
 def test_match_buckets_separate_long_matches_from_short_ones() -> None:

@@ -23,7 +23,7 @@ def test_replay_accounts_for_every_token():
     sim = load_script("bench/policy_sim.py")
     record = copy_record()
     plain = sim.replay(record, sim.FixedRule(10**9, 0), CURVE)
-    assert plain == {"ms": 1200.0, "steps": 120, "rows": 120, "tokens": 120}
+    assert plain == {"ms": 1200.0, "steps": 120, "rows": 120, "tokens": 120, "plain_ms": 1200.0}
     copied = sim.replay(record, sim.FixedRule(12, 48), CURVE)
     assert copied["tokens"] == 120 and copied["steps"] < 30  # long matches draft 48 at a time
     assert copied["rows"] >= copied["tokens"] - copied["steps"]

@@ -50,7 +50,7 @@ def _profile() -> Profile:
     return Profile(device_key=key.device_hash, device=key.description, model_sha256="0" * 64,
                    model_path="/m.gguf", n_threads=2, kv_cache="f16", engine="fast", verify_batch=512, quick=True,
                    created=1.5, prefix_tokens=300, rechecked=[4],
-                   curve=CostCurve(sizes=[1, 2, 4], ms=[13.0, 21.0, 37.5]))
+                   curve=CostCurve(sizes=[1, 2, 4], ms=[13.0, 21.0, 37.5], depth=300, row_cell_ms=0.0061))
 
 
 def test_profiles_are_keyed_by_engine_mode() -> None:
@@ -103,6 +103,9 @@ def test_measured_profile_drives_the_policy(smollm2_generator, tmp_path: Path, m
                                      quick=True)
     assert save_profile(profile, path) and load_profile(path) == profile
     assert profile.curve.sizes == [1, 2, 4, 8] and all(ms > 0 for ms in profile.curve.ms)
+    # SmolLM2's steps grow by ~6 us per row and context cell (0.006 ms; 2-core CPU): read
+    # over the ~700 cells this 1024-token context leaves beyond the curve's 300.
+    assert profile.curve.depth == tuning.PREFIX_TOKENS and profile.curve.row_cell_ms > 0
     used = tuning.policy_from_profile(load_profile(path), gen.verify_batch, max_tree=16, max_chain=8)
     assert used.measured and used.curve == profile.curve
 
@@ -130,6 +133,7 @@ def test_tune_quick_json_cli(run_specdec) -> None:
     assert len(doc["curve"]["ms"]) == len(doc["curve"]["sizes"]) and min(doc["curve"]["ms"]) > 0
     assert doc["n_threads"] >= 1 and len(doc["model_sha256"]) == 64
     assert doc["engine"] == "fast" and doc["curve"]["ratios"]["1"] == 1.0
+    assert doc["curve"]["depth"] == 300 and doc["curve"]["row_cell_ms"] >= 0
     shown = run_specdec("tune", "--show", "--json")
     assert shown.returncode == 0, shown.stderr
     assert any(p["model_sha256"] == doc["model_sha256"] for p in json.loads(shown.stdout))
