@@ -133,8 +133,12 @@ def replay_all(args) -> int:
         return 2
     curve, records = profile.curve, data["records"]
     plain = 1000 / curve.at(1)  # at the curve's own depth; "x plain" compares at each step's depth
-    policy = SpeculationPolicy(curve, verify_batch=profile.verify_batch, max_tree=1,
-                               max_chain=DraftSettings.draft_len)
+
+    def chain_policy() -> SpeculationPolicy:  # `auto` without trees (they need the model)
+        return SpeculationPolicy(curve, verify_batch=profile.verify_batch, max_tree=1,
+                                 max_chain=DraftSettings.draft_len)
+
+    policy = chain_policy()
     start = "fresh"
     if args.learned:
         # The rates a user's earlier work left (session.learned_path): what `auto` starts from.
@@ -144,8 +148,7 @@ def replay_all(args) -> int:
     runs["auto (second pass)"] = [replay(r, PolicyRule(policy), curve) for r in records]
     # The same policy drafting from the n-gram index instead of the suffix drafter (issue 16:
     # no Spec-Bench category may be slower with the suffix drafter than without).
-    ngram_policy = SpeculationPolicy(curve, verify_batch=profile.verify_batch, max_tree=1,
-                                     max_chain=DraftSettings.draft_len)
+    ngram_policy = chain_policy()
     runs["auto, n-gram lookup"] = [replay(r, PolicyRule(ngram_policy), curve, source="ngram") for r in records]
     runs["ngram-simple-like"] = [replay(r, FixedRule(12, 48), curve) for r in records]
     runs["ngram-mod-like"] = [replay(r, FixedRule(24, 64, min_known=48), curve) for r in records]

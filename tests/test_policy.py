@@ -108,12 +108,12 @@ def test_policy_stops_speculating_when_this_generation_keeps_missing() -> None:
     assert not policy.choose(CHAIN, 4).plain
 
 
-def test_policy_rates_follow_recent_work() -> None:
+def test_policy_rates_follow_recent_work(monkeypatch) -> None:
     """A thousand generations where 4-token matches were right 98% of the time (edits),
     then thirty where they are right 20% of the time (chat): the policy stops betting on
     them. Without the fading of older generations the thousand would outvote the thirty
     (980 + 6 hits in 1030 trials: 96%)."""
-    pol.GENERATION_DECAY = GENERATION_DECAY  # the fixture's monkeypatch undoes this too
+    monkeypatch.setattr(pol, "GENERATION_DECAY", GENERATION_DECAY)  # the fading this test is about
 
     def first_token_rate(policy: SpeculationPolicy) -> float:
         return policy.summary()["match_accept_by_depth"]["n>=4,unanimous,streak=0"][0]
