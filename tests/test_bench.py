@@ -213,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = req["prompt"]
-        log.write(json.dumps({"spec": spec, "prompt_len": len(prompt), "n": req["n_predict"],
+        log.write(json.dumps({"spec": spec, "prompt": prompt, "prompt_len": len(prompt), "n": req["n_predict"],
                               "tokens_given": all(isinstance(t, int) for t in prompt)}) + "\n")
         log.flush()
         n = min(req["n_predict"], 4)
@@ -258,6 +258,9 @@ def test_bench_interleaves_server_methods_per_prompt(run_specdec, smollm2_gguf: 
     prompt_order = [r["prompt_len"] for r in timed]
     # interleaved per prompt: every server run of prompt 1 comes before any run of prompt 2
     assert len(timed) == 2 * 2 * 2 and len(set(prompt_order[:4])) == 1 and len(set(prompt_order[4:])) == 1
+    # the warm-up prompt is none of the measured ones: their first TTFT is a full prefill too
+    warm_ups = [r["prompt"] for r in requests if r["n"] == 8]
+    assert len(warm_ups) == 2 and not any(w == r["prompt"] for w in warm_ups for r in timed)
     rows = {(r["method"], r["category"]): r for r in doc["results"]}
     assert rows[("server", "overall")]["tokens_per_s"] == 50.0
     assert rows[("server:ngram-simple", "overall")]["tokens_per_step"] == pytest.approx(4 / 2)
