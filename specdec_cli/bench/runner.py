@@ -29,7 +29,7 @@ Progress = Callable[[str], None]
 
 # Every family warms up on this prompt, not on the set's first: a warm-up on the first
 # prompt left its cells cached on both sides, and that prompt's TTFT read as one decode
-# step (12-43 ms where its full prefill took 3-10 s, on 1,000-token prompts).
+# step (12-43 ms where its full prefill took 3-16 s, on 1,000-token prompts).
 WARMUP_PROMPT = "Write one sentence about the sea."
 
 
