@@ -213,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = req["prompt"]
-        log.write(json.dumps({"spec": spec, "prompt": prompt, "prompt_len": len(prompt), "n": req["n_predict"],
+        log.write(json.dumps({"spec": spec, "prompt": prompt, "n": req["n_predict"],
                               "tokens_given": all(isinstance(t, int) for t in prompt)}) + "\n")
         log.flush()
         n = min(req["n_predict"], 4)
@@ -255,7 +255,7 @@ def test_bench_interleaves_server_methods_per_prompt(run_specdec, smollm2_gguf: 
     # two servers (the plain one added as the family's baseline), fed token ids
     assert {r["spec"] for r in requests} == {"none", "ngram-simple"} and all(r["tokens_given"] for r in requests)
     timed = [r for r in requests if r["n"] == 6]  # warm-up requests ask for 8
-    prompt_order = [r["prompt_len"] for r in timed]
+    prompt_order = [len(r["prompt"]) for r in timed]
     # interleaved per prompt: every server run of prompt 1 comes before any run of prompt 2
     assert len(timed) == 2 * 2 * 2 and len(set(prompt_order[:4])) == 1 and len(set(prompt_order[4:])) == 1
     # the warm-up prompt is none of the measured ones: their first TTFT is a full prefill too
