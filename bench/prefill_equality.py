@@ -12,6 +12,12 @@ greedy tokens are decoded in llama.cpp. Reported: top-1 agreement, how many 32-t
 continuations are identical, and at each divergence llama.cpp's own gap between its top
 two logits there (a near tie is what float rounding can flip).
 
+Anchor (--anchor N): the candidate is llama.cpp itself, prefilling in llama_decode calls of
+N tokens instead of n_batch (N = 1: the one-token decode path's kernels), against the same
+batched reference. How far llama.cpp's own paths part says what to expect of any other
+prefill; a quantized cache amplifies a rounding difference (a value that lands on the other
+side of a rounding boundary moves by a whole q4_0 step).
+
 Speed (--speed): TTFT (prefill + the first decode step) of both paths at 256 / 1k / 4k
 prompt tokens, the two paths interleaved, median of --repeats runs each.
 
@@ -19,6 +25,7 @@ On this machine there is no NPU: the CPU execution provider stands in for one, s
 speed columns compare two CPU implementations, not CPU against NPU.
 
     python bench/prefill_equality.py [--models smollm2-135m,gemma3-270m,qwen2.5-coder-1.5b] [--prompts 5] [--json out.json]
+    python bench/prefill_equality.py --anchor 7 [--models ...] [--kv q4_0/q4_0] [--json out.json]
     python bench/prefill_equality.py --speed [--lengths 256,1024,4096] [--repeats 3] [--json out.json]
 
 --json also writes the markdown table beside it (out.md).
@@ -39,12 +46,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specdec_cli.llama import ContextConfig, LlamaContext, LlamaModel, repacked_weights_safe  # noqa: E402
+from specdec_cli.bench.prompts import prompts_path  # noqa: E402
+from specdec_cli.llama import (ContextConfig, LlamaContext, LlamaModel, TokenBatch,  # noqa: E402
+                               repacked_weights_safe)
 from specdec_cli.prefill.compare import (compare_logits, first_divergence, greedy_after_prefill,  # noqa: E402
                                          llama_prefill)
 from specdec_cli.prefill.onnx_prefill import OnnxPrefiller  # noqa: E402
 
-PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "spec_bench_public.jsonl"
+PROMPTS = prompts_path("spec-bench")  # the Spec-Bench prompts the package ships
 N_NEW = 32
 N_SEQ = 64  # the Generator shares the prompt with every draft-tree sequence
 KV_TYPES = [("f16", "f16"), ("f16", "q8_0"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
@@ -82,6 +91,7 @@ def pick_prompts(model: LlamaModel, n: int, path: Path) -> list[tuple[str, np.nd
 class Row:
     model: str
     kv: str
+    candidate: str  # what is compared with llama.cpp's batched prefill: "onnx:CPU", "llama.cpp x7"
     prompt: str
     n_tokens: int
     max_abs_diff: float
@@ -92,7 +102,7 @@ class Row:
     first_divergence: int  # index of the first differing continuation token, N_NEW when equal
     margin_at_divergence: float  # llama.cpp's top-1 minus top-2 logit there (a near tie?)
     llama_prefill_s: float
-    onnx_prefill_s: float
+    candidate_prefill_s: float
 
 
 def kv_context(model: LlamaModel, kv: tuple[str, str], n_ctx: int, threads: int) -> LlamaContext:
@@ -100,26 +110,39 @@ def kv_context(model: LlamaModel, kv: tuple[str, str], n_ctx: int, threads: int)
                                              n_threads=threads, kv_k=kv[0], kv_v=kv[1], flash_attn=True))
 
 
+def chunked_llama_prefill(chunk: int):
+    """llama.cpp's prefill in llama_decode calls of `chunk` tokens (the anchor candidate)."""
+    def prefill(ctx: LlamaContext, body: np.ndarray, n_seq: int) -> None:
+        ctx.decode_chain(TokenBatch(ctx.config.n_batch, n_seq), body, 0, np.arange(n_seq, dtype=np.int32), chunk)
+    return prefill
+
+
 def run_equality(name: str, path: Path, n_prompts: int, ep: str, threads: int, kv_types: list[tuple[str, str]],
-                 save=lambda rows: None) -> list[Row]:
+                 anchor: int | None = None, save=lambda rows: None) -> list[Row]:
     model = LlamaModel(path, repacked_weights=repacked_weights_safe())  # the fast engine's weights
-    onnx = OnnxPrefiller(path, ep=ep, n_threads=threads)
+    if anchor:
+        candidate, prefill = f"llama.cpp x{anchor}", chunked_llama_prefill(anchor)
+    else:
+        onnx = OnnxPrefiller(path, ep=ep, n_threads=threads)
+        candidate, prefill = onnx.backend_name, onnx.prefill
     prompts = pick_prompts(model, n_prompts, PROMPTS)
     rows: list[Row] = []
     for kv in kv_types:
         ctx = kv_context(model, kv, 2048, threads)
-        greedy_after_prefill(ctx, prompts[0][1][:80], 1, onnx.prefill, N_SEQ)  # exports and warms this variant
+        greedy_after_prefill(ctx, prompts[0][1][:80], 1, prefill, N_SEQ)  # warms up (ONNX: exports this variant)
         for label, tokens in prompts:
             ref = greedy_after_prefill(ctx, tokens, N_NEW, llama_prefill, N_SEQ)
-            got = greedy_after_prefill(ctx, tokens, N_NEW, onnx.prefill, N_SEQ)
+            got = greedy_after_prefill(ctx, tokens, N_NEW, prefill, N_SEQ)
             cmp = compare_logits(ref.first_logits, got.first_logits)
             split = first_divergence(ref, got)
             margin = ref.margins[split] if split < len(ref.margins) else float("nan")
-            rows.append(Row(name, "/".join(kv), label, len(tokens), cmp.max_abs_diff, cmp.kl, cmp.top1_equal,
-                            ref.margins[0], got.tokens == ref.tokens, split, margin, ref.prefill_s, got.prefill_s))
+            rows.append(Row(name, "/".join(kv), candidate, label, len(tokens), cmp.max_abs_diff, cmp.kl,
+                            cmp.top1_equal, ref.margins[0], got.tokens == ref.tokens, split, margin, ref.prefill_s,
+                            got.prefill_s))
             print(f"  {'/'.join(kv):<9} {label:<22} {len(tokens):5d} tok  diff {cmp.max_abs_diff:7.4f}  "
                   f"KL {cmp.kl:.2e}  top1 {cmp.top1_equal!s:5}  same up to {split:2d} (gap {margin:.3f})  "
-                  f"prefill llama {ref.prefill_s:6.2f} s, onnx {got.prefill_s:6.2f} s", file=sys.stderr, flush=True)
+                  f"prefill llama {ref.prefill_s:6.2f} s, {candidate} {got.prefill_s:6.2f} s",
+                  file=sys.stderr, flush=True)
             save(rows)  # a long run keeps what it has
         ctx.close()
     model.close()
@@ -127,18 +150,17 @@ def run_equality(name: str, path: Path, n_prompts: int, ep: str, threads: int, k
 
 
 def summarize(rows: list[Row]) -> str:
-    lines = ["| model | K/V cache | prompts (tokens) | top-1 equal | 32-token continuation identical | "
+    lines = ["| model | K/V cache | candidate | prompts (tokens) | top-1 equal | 32-token continuation identical | "
              "logit gap at each divergence (llama.cpp's top-1 minus top-2) | max abs logit diff | KL (mean) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for model in dict.fromkeys(r.model for r in rows):
-        for kv in dict.fromkeys(r.kv for r in rows if r.model == model):
-            sel = [r for r in rows if r.model == model and r.kv == kv]
-            gaps = ", ".join(f"{r.margin_at_divergence:.3f} (token {r.first_divergence})"
-                             for r in sel if not r.continuation_equal) or "-"
-            lengths = f"{len(sel)} ({min(r.n_tokens for r in sel)}-{max(r.n_tokens for r in sel)})"
-            lines.append(f"| {model} | {kv} | {lengths} | {sum(r.top1_equal for r in sel)}/{len(sel)} | "
-                         f"{sum(r.continuation_equal for r in sel)}/{len(sel)} | {gaps} | "
-                         f"{max(r.max_abs_diff for r in sel):.3f} | {np.mean([r.kl for r in sel]):.1e} |")
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model, kv, candidate in dict.fromkeys((r.model, r.kv, r.candidate) for r in rows):
+        sel = [r for r in rows if (r.model, r.kv, r.candidate) == (model, kv, candidate)]
+        gaps = ", ".join(f"{r.margin_at_divergence:.3f} (token {r.first_divergence})"
+                         for r in sel if not r.continuation_equal) or "-"
+        lengths = f"{len(sel)} ({min(r.n_tokens for r in sel)}-{max(r.n_tokens for r in sel)})"
+        lines.append(f"| {model} | {kv} | {candidate} | {lengths} | {sum(r.top1_equal for r in sel)}/{len(sel)} | "
+                     f"{sum(r.continuation_equal for r in sel)}/{len(sel)} | {gaps} | "
+                     f"{max(r.max_abs_diff for r in sel):.3f} | {np.mean([r.kl for r in sel]):.1e} |")
     return "\n".join(lines)
 
 
@@ -211,6 +233,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated aliases ({', '.join(MODELS)})")
     parser.add_argument("--kv", default=",".join("/".join(kv) for kv in KV_TYPES),
                         help="comma-separated K/V cache types to compare (K/V each)")
+    parser.add_argument("--anchor", type=int, default=None, metavar="N",
+                        help="compare llama.cpp's batched prefill with its own prefill in calls of N tokens, not ONNX")
     parser.add_argument("--speed", action="store_true", help="measure TTFT of both paths instead")
     parser.add_argument("--lengths", default="256,1024,4096")
     parser.add_argument("--repeats", type=int, default=3)
@@ -256,9 +280,11 @@ def main() -> None:
 
     for name, path in models.items():
         print(f"{name}: {path}", file=sys.stderr)
-        rows += run_equality(name, path, args.prompts, args.ep, threads, kv_types, save)
-    report = (f"ONNX prefill vs llama.cpp prefill, {N_NEW}-token greedy continuation, {threads} threads, "
-              f"onnxruntime provider {provider.name}; {note}. ({time.time() - t0:.0f} s)\n\n{summarize(rows)}\n")
+        rows += run_equality(name, path, args.prompts, args.ep, threads, kv_types, args.anchor, save)
+    against = (f"llama.cpp prefill in calls of {args.anchor} tokens" if args.anchor
+               else f"ONNX prefill (onnxruntime provider {provider.name}; {note})")
+    report = (f"{against} vs llama.cpp's batched prefill, {N_NEW}-token greedy continuation, {threads} threads. "
+              f"Machine: {before} before, {machine_state()} after ({time.time() - t0:.0f} s)\n\n{summarize(rows)}\n")
     print(report)
     if args.json:
         args.json.with_suffix(".md").write_text(report)

@@ -159,7 +159,9 @@ NoProgress = Annotated[bool, typer.Option("--no-progress", envvar=_env("no-progr
                                           help="No progress bars.")]
 Prefill = Annotated[Optional[str], typer.Option(envvar=_env("prefill"), callback=_choice(PREFILL_CHOICES),
                                                   show_default=EngineConfig.prefill,
-                                                  help="Prefill backend: auto (ONNX on an NPU, else llama.cpp) | llama | onnx.")]
+                                                  help="Prefill backend: auto (ONNX on an NPU, or at the prompt "
+                                                       "lengths where `specdec tune` measured it faster; else "
+                                                       "llama.cpp) | llama | onnx.")]
 
 
 def _check_gpu_layers(value: str) -> str:

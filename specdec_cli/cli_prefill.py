@@ -6,9 +6,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .options import default_kv_types
-from .prefill.kv_blocks import cache_formats
-from .prefill.onnx_graph import KVVariant
-from .prefill.onnx_prefill import DEFAULT_CHUNK, check_supported, exported_graph
+from .prefill.onnx_prefill import DEFAULT_CHUNK, cache_variant, check_supported, exported_graph
 from .prefill.progress import export_progress
 
 QUANT_VARIANTS = ("fp32", "int8")
@@ -27,6 +25,6 @@ def export_onnx(alias_or_path: str | None, quant: str = "fp32", chunk: int = DEF
         raise UsageError(f"--chunk must be between 1 and 4096, got {chunk}")
     model_path = Registry.load().resolve(alias_or_path).path
     spec = check_supported(model_path)
-    kv = KVVariant(*cache_formats(*default_kv_types(exact=False), spec.head_dim, spec.kv_dim))
-    return exported_graph(model_path, kv, chunk, quant, export_progress())
+    return exported_graph(model_path, cache_variant(spec, default_kv_types(exact=False)), chunk, quant,
+                          export_progress())
 

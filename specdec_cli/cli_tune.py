@@ -1,5 +1,7 @@
 """`specdec tune`: measure this device's verification cost curve for a model and store it
-as the profile `--draft auto` uses; `--show` lists the stored profiles."""
+as the profile `--draft auto` uses, with llama.cpp's prefill timed against ONNX's (which
+`--prefill auto` uses) when the model's ONNX graph is exported; `--show` lists the stored
+profiles."""
 
 from __future__ import annotations
 
@@ -19,14 +21,21 @@ from .errors import SpecdecError
 if TYPE_CHECKING:
     from .tuning import Profile
 
-Quick = Annotated[bool, typer.Option("--quick", envvar="SPECDEC_QUICK", help="Fewer sizes and repeats: under 10 s.")]
+Quick = Annotated[bool, typer.Option("--quick", envvar="SPECDEC_QUICK",
+                                     help="Fewer sizes and repeats: the cost curve in under 10 s.")]
 Show = Annotated[bool, typer.Option("--show", envvar="SPECDEC_SHOW", help="Print the stored profiles instead of measuring.")]
+MeasurePrefill = Annotated[bool, typer.Option(
+    "--measure-prefill", envvar="SPECDEC_MEASURE_PREFILL",
+    help="Time ONNX prefill against llama.cpp's, exporting the model's ONNX graph first if need be (without it: "
+         "only when the graph is already exported); --prefill auto then uses ONNX at the prompt lengths where it "
+         "was measured 10% faster or more.")]
 
 
 def tune(
     model: opt.Model = None,
     quick: Quick = False,
     show: Show = False,
+    measure_prefill: MeasurePrefill = False,
     kv_cache: opt.KvCache = None,
     kv_k: opt.KvK = None,
     kv_v: opt.KvV = None,
@@ -49,10 +58,13 @@ def tune(
                            progress=assembly_progress(True))
     generator = session.generator
     try:
+        prefiller = _prefiller(generator, measure_prefill)  # before minutes of measuring: it can refuse
         t0 = time.perf_counter()
         profile = measure_profile(generator.ctx, session.profile_key, model_path=generator.model_path,
                                   n_batch=generator.config.n_batch, n_seq=generator.config.n_seq_max,
                                   verify_batch=generator.verify_batch, n_vocab=generator.n_vocab, quick=quick)
+        if prefiller is not None:
+            profile.prefill = _time_prefill(generator, prefiller, quick)
         elapsed = time.perf_counter() - t0
     finally:
         generator.close()
@@ -72,6 +84,7 @@ def tune(
                   + (f"; measured again: k = {', '.join(map(str, profile.rechecked))}" if profile.rechecked else ""))
         out.print(_curve_table(profile))
         out.print(_depth_line(profile))
+        _print_prefill(out, profile)
         if generator.plain_reason:
             out.print(f"note: {escape(generator.plain_reason)}")
     if not stored:  # storing it is what tune is for; the warning said why it failed
@@ -99,6 +112,58 @@ def _show(as_json: bool) -> None:
                   f"{' (quick)' if profile.quick else ''}")
         out.print(_curve_table(profile))
         out.print(_depth_line(profile))
+        _print_prefill(out, profile)
+
+
+def _prefiller(generator, export: bool):
+    """The ONNX prefiller to time (prefill/measured.py), or None; --measure-prefill on a
+    model that ONNX prefill cannot run is a one-line error."""
+    from .prefill import PrefillUnavailable
+    from .prefill.measured import tune_prefiller
+    from .prefill.progress import export_progress
+
+    try:
+        return tune_prefiller(generator.model_path, (generator.config.kv_k, generator.config.kv_v), export=export,
+                              n_threads=generator.ctx.n_threads, progress=export_progress())
+    except PrefillUnavailable as exc:
+        raise SpecdecError(f"--measure-prefill: {exc}") from None
+
+
+def _time_prefill(generator, prefiller, quick: bool):
+    from .prefill.measured import QUICK_REPEATS, TUNE_LENGTHS, TUNE_REPEATS, measure_prefill
+
+    sys.stderr.write(f"timing prefill, llama.cpp and ONNX, at {' and '.join(map(str, TUNE_LENGTHS))} "
+                     f"prompt tokens ...\n")
+    sys.stderr.flush()
+    return measure_prefill(generator.ctx, prefiller, n_seq=generator.config.n_seq_max, n_vocab=generator.n_vocab,
+                           repeats=QUICK_REPEATS if quick else TUNE_REPEATS)
+
+
+def _print_prefill(out, profile: Profile) -> None:
+    speed = profile.prefill
+    if speed is None:
+        out.print("prefill: not timed (`specdec tune --measure-prefill` times ONNX prefill against llama.cpp's)")
+        return
+    table = Table(show_edge=False)
+    table.add_column("prompt tokens", justify="right")
+    table.add_column("llama.cpp ms/token", justify="right")
+    table.add_column(f"ONNX ({speed.provider.removesuffix('ExecutionProvider')}) ms/token", justify="right")
+    table.add_column("ONNX / llama.cpp", justify="right")
+    table.add_column("--prefill auto uses", justify="right")
+    for n, llama, onnx, ratio, uses in zip(speed.lengths, speed.llama_ms, speed.onnx_ms, speed.ratios(),
+                                           _auto_choices(speed)):
+        table.add_row(str(n), f"{llama:.3f}", f"{onnx:.3f}", f"{ratio:.2f}x",
+                      {"onnx": "ONNX", "loaded": "llama.cpp, ONNX once loaded", "llama": "llama.cpp"}[uses])
+    out.print(table)
+    out.print(f"loading the ONNX graph takes {speed.onnx_load_ms / 1000:.1f}s, paid by the first prompt that uses it")
+
+
+def _auto_choices(speed) -> list[str]:
+    """What `--prefill auto` uses at each measured length: "onnx" (even paying for loading
+    the graph, as a one-shot `run` does), "loaded" (ONNX only once the graph is loaded),
+    "llama"."""
+    return ["onnx" if speed.onnx_faster(n, loaded=False) else "loaded" if speed.onnx_faster(n) else "llama"
+            for n in speed.lengths]
 
 
 def _where(profile: Profile) -> str:
@@ -108,6 +173,8 @@ def _where(profile: Profile) -> str:
 def _profile_doc(profile: Profile) -> dict:
     doc = profile.to_json()
     doc["curve"]["ratios"] = {str(k): v for k, v in profile.curve.ratios().items()}
+    if profile.prefill is not None:
+        doc["prefill"]["auto"] = _auto_choices(profile.prefill)
     return doc
 
 

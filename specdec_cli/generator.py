@@ -23,7 +23,8 @@ from .history import History
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
 from .metrics import DepthCounter, GenerationStats, decode_rate, rows_per_token, tokens_per_step
 from .options import EngineConfig, SamplingParams, default_kv_types
-from .prefill.backend import open_prefiller, prefill_with_fallback
+from .prefill.backend import measured_prefiller, open_prefiller, prefill_with_fallback
+from .prefill.measured import PrefillSpeed
 from .prefill.progress import export_progress
 from .policy import SpeculationPolicy, prior_curve
 from .text_stream import TextStream
@@ -94,6 +95,14 @@ class Generator:
         # `--draft auto` asks it for each step's sizes: the session's, from the device's
         # measured profile (tuning.py); without one, the built-in prior curve.
         self.policy = policy
+
+    def use_measured_prefill(self, measured: PrefillSpeed | None) -> None:
+        """`--prefill auto` without an NPU: ONNX prefill for the prompt lengths at which the
+        device profile (`specdec tune`) measured it faster, if its graph is already exported."""
+        if self.prefiller is None:
+            self.prefiller = measured_prefiller(self.model_path, measured, self.config.prefill, self.config.ep,
+                                                n_threads=self.ctx.n_threads,
+                                                kv_types=(self.config.kv_k, self.config.kv_v))
 
     def close(self) -> None:
         self.ctx.close()

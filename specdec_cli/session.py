@@ -177,8 +177,10 @@ def open_session(options: RunOptions, progress: Progress | None = None, *,
     key = ProfileKey(fingerprint=device_fingerprint(), n_threads=generator.ctx.n_threads, kv_k=kv_k, kv_v=kv_v,
                      engine="exact" if options.exact else "fast", model_sha256=file_sha256(resolved.path),
                      backend=generator.offload.backend, gpu_layers=generator.offload.n_gpu_layers)
-    generator.policy = policy_from_profile(load_profile(key.path()), generator.verify_batch,
+    profile = load_profile(key.path())
+    generator.policy = policy_from_profile(profile, generator.verify_batch,
                                            max_tree=draft.tree_size, max_chain=draft.draft_len)
+    generator.use_measured_prefill(profile.prefill if profile is not None else None)
     generator.policy.restore(_read_json(learned_path(key)))
     return Session(alias=resolved.alias, generator=generator, sampling=sampling, draft=draft, profile_key=key,
                    options=options)

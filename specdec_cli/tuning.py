@@ -1,7 +1,8 @@
 """`specdec tune`'s measurement and the profile store: this device's verification cost
 curve for one model, measured on a llama.cpp context, stored per (device, threads, KV
 types, engine mode, GPU backend and layers, model file) under the cache dir, and turned into the policy that
-`--draft auto` uses (policy.py)."""
+`--draft auto` uses (policy.py); with it, when the model's ONNX graph is exported, the
+prefill timings `--prefill auto` uses (prefill/measured.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from . import _native as nat
 from .llama import LlamaContext, TokenBatch
 from .paths import cache_dir, write_cache_file
 from .policy import CostCurve, SpeculationPolicy, prior_curve
+from .prefill.measured import PrefillSpeed
 
 PROFILE_VERSION = 2
 PREFIX_TOKENS = 300  # context length the curve is measured at
@@ -65,6 +67,9 @@ class Profile:
     curve: CostCurve
     backend: str = "CPU"  # where the offloaded layers ran (profiles from before GPU offload: CPU)
     gpu_layers: int = 0
+    # llama.cpp's prefill against ONNX's (`--prefill auto` without an NPU); None: not
+    # measured (no exported graph, or a profile from before tune measured it)
+    prefill: PrefillSpeed | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -77,12 +82,14 @@ class Profile:
             raise ValueError(f"profile version {data.get('version')!r}, expected {PROFILE_VERSION}")
         fields = {k: v for k, v in data.items() if k != "version"}
         curve = fields.pop("curve")
+        prefill = fields.pop("prefill", None)
         sizes, ms = [int(k) for k in curve["sizes"]], [float(v) for v in curve["ms"]]
         depth, row_cell_ms = int(curve.get("depth", 0)), float(curve.get("row_cell_ms", 0.0))
         if (not sizes or len(sizes) != len(ms) or sizes != sorted(set(sizes)) or min(ms) <= 0
                 or depth < 0 or row_cell_ms < 0):
             raise ValueError("profile cost curve is malformed")
-        return cls(curve=CostCurve(sizes=sizes, ms=ms, depth=depth, row_cell_ms=row_cell_ms), **fields)
+        return cls(curve=CostCurve(sizes=sizes, ms=ms, depth=depth, row_cell_ms=row_cell_ms),
+                   prefill=PrefillSpeed.from_json(prefill) if prefill is not None else None, **fields)
 
 
 @dataclass(frozen=True)

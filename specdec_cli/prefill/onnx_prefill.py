@@ -27,6 +27,7 @@ from ..gguf_file import file_sha256
 from ..paths import cache_dir
 from .errors import KVLayoutMismatch, PrefillUnavailable, UnsupportedArchitecture
 from .gguf_reader import GgufFile
+from .kv_blocks import cache_formats
 from .kv_handoff import CacheRows, KVHandoff, get_seq_state, parse_seq_state, set_seq_state
 from .model_spec import ModelSpec, read_spec, rope_angles
 from .onnx_graph import MASKED, KVVariant, export_prefill_graph
@@ -49,6 +50,17 @@ def exported_graph_path(model_path: Path, kv: KVVariant, chunk: int = DEFAULT_CH
     return export_dir(model_path) / f"prefill-v{GRAPH_VERSION}-c{chunk}-{quant}-{kv.tag}.onnx"
 
 
+def cache_variant(spec: ModelSpec, kv_types: tuple[str, str]) -> KVVariant:
+    """The graph variant for a llama.cpp cache of these K/V types."""
+    return KVVariant(*cache_formats(*kv_types, spec.head_dim, spec.kv_dim))
+
+
+def graph_exported(model_path: Path, kv: KVVariant, chunk: int = DEFAULT_CHUNK, quant: str = "fp32") -> bool:
+    """Whether this KV variant's graph is in the cache, its weights beside it."""
+    return exported_graph_path(model_path, kv, chunk, quant).exists() and \
+        read_manifest(weights_path(model_path, chunk, quant)) is not None
+
+
 def exported_graph(model_path: Path, kv: KVVariant, chunk: int = DEFAULT_CHUNK, quant: str = "fp32",
                    progress: Callable[[int, int], None] | None = None) -> Path:
     """The cached export of this model file for this KV variant, building it the first time
@@ -56,9 +68,9 @@ def exported_graph(model_path: Path, kv: KVVariant, chunk: int = DEFAULT_CHUNK, 
     and moved into place after its weights: a finished .onnx always has them beside it, and
     an export that fails (a read-only cache, a full disk, Ctrl-C) leaves no graph behind."""
     path = exported_graph_path(model_path, kv, chunk, quant)
-    data = weights_path(model_path, chunk, quant)
-    if path.exists() and read_manifest(data) is not None:
+    if graph_exported(model_path, kv, chunk, quant):
         return path
+    data = weights_path(model_path, chunk, quant)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +110,7 @@ class OnnxPrefiller:
 
     def __init__(self, model_path: Path, *, ep: str | None = "auto", chunk: int = DEFAULT_CHUNK,
                  quant: str = "fp32", n_threads: int | None = None, static_past: int | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, export: bool = True):
         self.model_path = Path(model_path)
         self.provider: ExecutionProvider = choose_provider(ep)  # first: reading the GGUF takes seconds
         self.spec: ModelSpec = check_supported(self.model_path)
@@ -109,20 +121,39 @@ class OnnxPrefiller:
         self.static_past = static_past if static_past is not None else (4096 if self.provider.is_npu else None)
         self._n_threads = n_threads
         self._progress = progress
+        self._may_export = export  # False: only a graph already in the cache is used (`--prefill auto`)
         self._sessions: dict[str, object] = {}
         self.timing = PrefillTiming()
         self._handoffs: dict[tuple, KVHandoff] = {}
         self.explicit = False      # the user asked for ONNX prefill: say why when it is not used
         self.short_warned = False  # said once that a prompt was too short for it
         self.disabled = False      # it failed once: llama.cpp prefills from then on
+        # `--prefill auto` without an NPU: a measured.PrefillSpeed, and ONNX prefills only the
+        # prompt lengths at which it was measured faster
+        self.measured = None
 
     def session(self, kv: KVVariant):
         """The onnxruntime session of a KV variant, built the first time a prompt needs it:
         the export takes seconds to minutes and hundreds of MB, wasted on a short prompt."""
         if kv.tag not in self._sessions:
+            if not self._may_export and not graph_exported(self.model_path, kv, self.chunk, self.quant):
+                raise PrefillUnavailable("its ONNX graph is no longer exported (`specdec models export-onnx`)")
             path = exported_graph(self.model_path, kv, self.chunk, self.quant, self._progress)
             self._sessions[kv.tag] = self._make_session(path, self._n_threads)
         return self._sessions[kv.tag]
+
+    @property
+    def loaded(self) -> bool:
+        """A graph is loaded: the next prompt does not pay for that (a Generator has one KV cache)."""
+        return bool(self._sessions)
+
+    def export(self, kv_types: tuple[str, str]) -> None:
+        """Export the graph for a cache of these K/V types now, not at the first long prompt."""
+        exported_graph(self.model_path, cache_variant(self.spec, kv_types), self.chunk, self.quant, self._progress)
+
+    def graph_ready(self, kv_types: tuple[str, str]) -> bool:
+        """Whether the graph for a cache of these K/V types is already exported."""
+        return graph_exported(self.model_path, cache_variant(self.spec, kv_types), self.chunk, self.quant)
 
     def _make_session(self, graph_path: Path, n_threads: int | None):
         import onnxruntime as ort
