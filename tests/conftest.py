@@ -24,6 +24,16 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("specdec-cache")
 
 
+@pytest.fixture(scope="module")
+def exports_in_test_cache(shared_cache_dir: Path):
+    """In-process tests that export ONNX graphs write them to the session's test cache,
+    not the user's: a graph left in the real cache makes `specdec tune` time prefill and
+    `--prefill auto` consider ONNX."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
+        yield
+
+
 @pytest.fixture
 def cli_flag_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """The library's messages as the CLI shows them: each option named by its flag

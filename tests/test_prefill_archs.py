@@ -20,6 +20,8 @@ from specdec_cli.prefill.onnx_prefill import OnnxPrefiller, check_supported
 
 from prefill_checks import Engine, assert_handoff_round_trip, assert_same_continuation
 
+pytestmark = pytest.mark.usefixtures("exports_in_test_cache")
+
 N_SEQ = 4
 PROMPT = "Explain, step by step, how a bill becomes a law in the United States. Keep it brief."
 GEMMA_PROMPT = "The history of the printing press begins in"

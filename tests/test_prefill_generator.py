@@ -14,6 +14,8 @@ from specdec_cli.options import EngineConfig
 
 from prefill_checks import NEAR_TIE
 
+pytestmark = pytest.mark.usefixtures("exports_in_test_cache")
+
 TURN1 = "Write a short story about a robot who learns to paint, in the style of a fairy tale. Keep it short."
 TURN2 = ("Now explain, step by step, how a bill becomes a law in the United States, as the robot would "
          "explain it to a child who has never heard of a parliament.")

@@ -30,6 +30,8 @@ from specdec_cli.prefill.providers import choose_provider, list_providers
 from prefill_checks import (KV_TYPES, SMOLLM2_PROMPTS, Engine, assert_handoff_round_trip,
                             assert_layer0_bytes_are_llama_cpp_s, assert_same_continuation)
 
+pytestmark = pytest.mark.usefixtures("exports_in_test_cache")
+
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf: Path):
