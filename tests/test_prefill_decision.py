@@ -151,7 +151,11 @@ def test_auto_leaves_a_q4_0_cache_to_llama_cpp_even_with_an_npu(smollm2_gguf: Pa
     llama.cpp's own prefill paths agree: `auto` does not choose that; `--prefill onnx` may."""
     monkeypatch.setattr(backend, "npu_providers", lambda: ["QNNExecutionProvider"])
     assert open_prefiller(smollm2_gguf, "auto", kv_types=("q4_0", "q4_0")) is None
-    assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=("q4_0", "q4_0")) is not None
+    warnings: list[str] = []
+    assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=("q4_0", "q4_0"), warn=warnings.append) is not None
+    assert len(warnings) == 1 and "q4_0" in warnings[0] and "near ties" in warnings[0]
+    assert open_prefiller(smollm2_gguf, "onnx", "cpu", kv_types=("f16", "q8_0"), warn=warnings.append) is not None
+    assert len(warnings) == 1  # no warning for the caches whose divergences stayed at near ties
 
 
 def test_tune_times_onnx_only_with_an_exported_graph_or_when_asked(smollm2_gguf: Path, cache: Path,

@@ -64,6 +64,10 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
         say(f"{option('prefill')} onnx: {exc}; using llama.cpp prefill")
         return None
     prefiller.explicit = explicit
+    if explicit and any(t not in AUTO_KV_TYPES for t in kv_types):
+        warn(f"{option('prefill')} onnx: into a q4_0 KV cache ONNX prefill can part from llama.cpp's beyond "
+             f"near ties (a rounding difference moves a 4-bit value a whole step); {option('kv_cache')} q8_0 "
+             f"or f16 keeps it within them")
     return prefiller
 
 
