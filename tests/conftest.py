@@ -24,13 +24,18 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("specdec-cache")
 
 
-@pytest.fixture(scope="module")
-def exports_in_test_cache(shared_cache_dir: Path):
-    """In-process tests that export ONNX graphs write them to the session's test cache,
-    not the user's: a graph left in the real cache makes `specdec tune` time prefill and
+@pytest.fixture(scope="session")
+def export_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where in-process tests export ONNX graphs, once per session: neither the user's cache
+    nor shared_cache_dir, because an exported graph makes `specdec tune` time prefill too and
     `--prefill auto` consider ONNX."""
+    return tmp_path_factory.mktemp("specdec-exports")
+
+
+@pytest.fixture(scope="module")
+def exports_in_test_cache(export_cache_dir: Path):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
+        mp.setenv("SPECDEC_CACHE_DIR", str(export_cache_dir))
         yield
 
 
