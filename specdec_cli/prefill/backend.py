@@ -26,6 +26,11 @@ ONNX_KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
 AUTO_KV_TYPES = ("f16", "q8_0", "f32")
 
 
+def _auto_cache(kv_types: tuple[str, str]) -> bool:
+    """Whether `auto` may choose ONNX prefill for a cache of these K/V types."""
+    return all(name in AUTO_KV_TYPES for name in kv_types)
+
+
 def _explicit(mode: str, ep: str | None) -> bool:
     """The user asked for ONNX prefill: `--prefill onnx`, or a named execution provider."""
     return mode == "onnx" or ep not in (None, "", "auto")
@@ -50,7 +55,7 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
     if mode == "llama":
         return None
     explicit = _explicit(mode, ep)
-    if mode == "auto" and not explicit and (not npu_providers() or any(t not in AUTO_KV_TYPES for t in kv_types)):
+    if mode == "auto" and not explicit and (not npu_providers() or not _auto_cache(kv_types)):
         return None
     say = warn if explicit else (lambda message: None)
     unsupported = [f"{kind} {name}" for kind, name in zip("KV", kv_types) if name not in ONNX_KV_TYPES]
@@ -64,7 +69,7 @@ def open_prefiller(model_path: Path, mode: str = "auto", ep: str | None = None, 
         say(f"{option('prefill')} onnx: {exc}; using llama.cpp prefill")
         return None
     prefiller.explicit = explicit
-    if explicit and any(t not in AUTO_KV_TYPES for t in kv_types):
+    if explicit and not _auto_cache(kv_types):
         warn(f"{option('prefill')} onnx: into a q4_0 KV cache ONNX prefill can part from llama.cpp's beyond "
              f"near ties (a rounding difference moves a 4-bit value a whole step); {option('kv_cache')} q8_0 "
              f"or f16 keeps it within them")
@@ -82,7 +87,7 @@ def measured_prefiller(model_path: Path, measured: PrefillSpeed | None, mode: st
     nothing, and `--json` stats name the backend each prompt used."""
     if mode != "auto" or _explicit(mode, ep) or measured is None or npu_providers():
         return None
-    if any(name not in AUTO_KV_TYPES for name in kv_types):
+    if not _auto_cache(kv_types):
         return None
     if not any(measured.onnx_faster(n) for n in measured.lengths):
         return None
