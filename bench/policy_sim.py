@@ -78,9 +78,11 @@ class PolicyRule:
         return self.policy.choose(chain, match_n, 0, agreement, depth=depth).draft_len
 
 
-def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: str = "suffix") -> dict:
+def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: str = "suffix",
+           max_tokens: int | None = None) -> dict:
     """Simulated decode of one recorded output: ms, steps, rows. `source` is the drafter's
-    lookup: "suffix" (auto's) or "ngram" (the 1-4-token index auto used before)."""
+    lookup: "suffix" (auto's) or "ngram" (the 1-4-token index auto used before). As the
+    engine does, no chain runs past `max_tokens` (the collection's limit)."""
     out = record["output"]
     drafter = Drafter(n_vocab=1)  # the lookup only; the recycling matrix is unused
     drafter.observe(np.array(record["prompt"], dtype=np.int32))
@@ -95,7 +97,7 @@ def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: s
 
     while i < len(out):
         depth = len(record["prompt"]) + i
-        found = drafter.lookup(source, MAX_CHAIN)
+        found = drafter.lookup(source, MAX_CHAIN if max_tokens is None else min(MAX_CHAIN, max_tokens - i - 1))
         chain = found.tokens
         right = 0
         while right < len(chain) and i + right < len(out) and chain[right] == out[i + right]:
@@ -144,15 +146,17 @@ def replay_all(args) -> int:
         # The rates a user's earlier work left (session.learned_path): what `auto` starts from.
         policy.restore(json.loads(args.learned.read_text()))
         start = "learned"
-    runs = {f"auto ({start})": [replay(r, PolicyRule(policy), curve) for r in records]}
-    runs["auto (second pass)"] = [replay(r, PolicyRule(policy), curve) for r in records]
+    cap = data.get("max_tokens")  # the engine and llama-server draft no further than the limit
+    runs = {f"auto ({start})": [replay(r, PolicyRule(policy), curve, max_tokens=cap) for r in records]}
+    runs["auto (second pass)"] = [replay(r, PolicyRule(policy), curve, max_tokens=cap) for r in records]
     # The same policy drafting from the n-gram index instead of the suffix drafter (issue 16:
     # no Spec-Bench category may be slower with the suffix drafter than without).
     ngram_policy = chain_policy()
-    runs["auto, n-gram lookup"] = [replay(r, PolicyRule(ngram_policy), curve, source="ngram") for r in records]
-    runs["ngram-simple-like"] = [replay(r, FixedRule(12, 48), curve) for r in records]
-    runs["ngram-mod-like"] = [replay(r, FixedRule(24, 64, min_known=48), curve) for r in records]
-    runs["oracle (chain <= 64)"] = [replay(r, None, curve, oracle=True) for r in records]
+    runs["auto, n-gram lookup"] = [replay(r, PolicyRule(ngram_policy), curve, source="ngram", max_tokens=cap)
+                                   for r in records]
+    runs["ngram-simple-like"] = [replay(r, FixedRule(12, 48), curve, max_tokens=cap) for r in records]
+    runs["ngram-mod-like"] = [replay(r, FixedRule(24, 64, min_known=48), curve, max_tokens=cap) for r in records]
+    runs["oracle (chain <= 64)"] = [replay(r, None, curve, oracle=True, max_tokens=cap) for r in records]
     results = {name: summarize(rs) for name, rs in runs.items()}
     print(f"{data['model']}, {len(records)} recorded outputs, curve {profile.device}; "
           f"plain decoding {plain:.1f} tok/s")

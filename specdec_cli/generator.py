@@ -23,7 +23,7 @@ from .history import History
 from .llama import ContextConfig, LlamaContext, LlamaModel, TokenBatch, repacked_weights_safe
 from .metrics import DepthCounter, GenerationStats, decode_rate, rows_per_token, tokens_per_step
 from .options import EngineConfig, SamplingParams, default_kv_types
-from .prefill.backend import measured_prefiller, open_prefiller, prefill_with_fallback
+from .prefill.backend import MIN_ONNX_TOKENS, measured_prefiller, open_prefiller, prefill_with_fallback
 from .prefill.measured import PrefillSpeed
 from .prefill.progress import export_progress
 from .policy import SpeculationPolicy, prior_curve
@@ -92,17 +92,28 @@ class Generator:
         self.prefiller = open_prefiller(self.model_path, self.config.prefill, self.config.ep,
                                         n_threads=self.ctx.n_threads, kv_types=(self.config.kv_k, self.config.kv_v),
                                         warn=_warn, progress=export_progress())
+        self._measured_prefill: PrefillSpeed | None = None  # use_measured_prefill
         # `--draft auto` asks it for each step's sizes: the session's, from the device's
         # measured profile (tuning.py); without one, the built-in prior curve.
         self.policy = policy
 
     def use_measured_prefill(self, measured: PrefillSpeed | None) -> None:
         """`--prefill auto` without an NPU: ONNX prefill for the prompt lengths at which the
-        device profile (`specdec tune`) measured it faster, if its graph is already exported."""
+        device profile (`specdec tune`) measured it faster, if its graph is already exported.
+        Nothing is built until a prompt is long enough for it: the prefiller costs ~70 ms
+        (onnxruntime's import, reading the GGUF's layout) that a short `run` would only lose."""
         if self.prefiller is None:
-            self.prefiller = measured_prefiller(self.model_path, measured, self.config.prefill, self.config.ep,
-                                                n_threads=self.ctx.n_threads,
-                                                kv_types=(self.config.kv_k, self.config.kv_v))
+            self._measured_prefill = measured
+
+    def _open_measured_prefiller(self, n_new: int) -> None:
+        """Build the measured ONNX prefiller at the first prompt whose `n_new` tokens it
+        would prefill faster, graph load included; decided once."""
+        measured = self._measured_prefill
+        if measured is None or n_new < MIN_ONNX_TOKENS or not measured.onnx_faster(n_new, loaded=False):
+            return
+        self._measured_prefill = None
+        self.prefiller = measured_prefiller(self.model_path, measured, self.config.prefill, self.config.ep,
+                                            n_threads=self.ctx.n_threads, kv_types=(self.config.kv_k, self.config.kv_v))
 
     def close(self) -> None:
         self.ctx.close()
@@ -182,14 +193,18 @@ class Generator:
                 if room < 1:
                     finish = "context"
                     break
-                found = self.drafter.lookup(chain_source, draft_len)
+                # A step emits its accepted draft and one more token: near max_tokens, rows
+                # beyond what may still be emitted could only be thrown away (on a 2-core CPU
+                # a 31-row bet 6 tokens before the end cost as much as 10 plain steps).
+                wanted = max_tokens - len(out)
+                found = self.drafter.lookup(chain_source, min(draft_len, wanted - 1))
                 step_tree, step_chain = tree_size, len(found.tokens)
-                if policy is not None:
+                if policy is not None and wanted > 1:
                     choice = policy.choose(found.tokens, found.match_length, n_deferred=len(deferred),
                                            agreement=found.agreement, depth=n_past)
                     step_tree, step_chain = choice.tree_size, choice.draft_len
                 rows = min(room, self.config.n_batch - len(deferred))  # one batch holds the deferred tokens too
-                step_tree = min(step_tree, rows)
+                step_tree = min(step_tree, rows) if wanted > 1 else 1
                 chain = found.tokens[:min(step_chain, max(0, rows - step_tree))]
                 step = self.verifier.step(deferred, root, n_past, draft.mode, step_tree, chain, sampling, sampler,
                                           stats, position=len(out))
@@ -297,6 +312,8 @@ class Generator:
             self._drop_uncommitted(keep)
         pos = keep
         stats.prefill_backend = "llama"
+        if self.prefiller is None:
+            self._open_measured_prefiller(len(body) - keep)
         # ONNX continues from the cached prefix too (a chat turn's new tokens)
         if prefill_with_fallback(self.prefiller, self.ctx, body, self.config.n_seq_max, start=keep, warn=_warn):
             pos = len(body)

@@ -220,3 +220,33 @@ def test_tune_times_prefill_and_run_auto_follows_it(run_specdec, tmp_path: Path)
     shutil.rmtree(cache / "onnx")
     assert run_auto()["prefill_backend"] == "llama"
     assert not (cache / "onnx").exists()
+
+
+@pytest.mark.slow
+def test_the_measured_prefiller_is_built_only_for_a_prompt_it_would_take(smollm2_gguf: Path, cache: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the ONNX prefiller costs ~0.2 s (onnxruntime, the GGUF's layout): a `run`
+    whose prompt llama.cpp prefills anyway must not pay it. A 2-token prompt builds
+    nothing; a prompt long enough that ONNX wins, graph load included, builds it once."""
+    from specdec_cli import generator as generator_module
+    from specdec_cli.drafting import DraftSettings
+    from specdec_cli.options import EngineConfig
+
+    built: list[int] = []
+
+    def fake_measured_prefiller(*args, **kwargs):
+        built.append(1)
+        return None  # as without an exported graph: llama.cpp prefills
+
+    monkeypatch.setattr(generator_module, "measured_prefiller", fake_measured_prefiller)
+    gen = generator_module.Generator(smollm2_gguf, EngineConfig(n_ctx=1024, n_threads=2))
+    try:
+        gen.use_measured_prefill(_speed({256: 0.5, 1024: 0.5}, load_ms=300.0))  # wins from ~375 new tokens
+        plain = DraftSettings(mode="none")
+        gen.generate(gen.tokenize("hi", special=False), max_tokens=1, draft=plain)
+        assert built == []
+        gen.generate(np.arange(100, 700, dtype=np.int32), max_tokens=1, draft=plain)
+        gen.generate(np.arange(100, 800, dtype=np.int32), max_tokens=1, draft=plain)
+        assert built == [1]
+    finally:
+        gen.close()
