@@ -53,8 +53,9 @@ def collect(args) -> int:
         print(f"{i + 1}/{len(prompts)} {prompt.question_id}: {len(result.tokens)} tokens", file=sys.stderr)
     profile = session.profile_key.path()
     session.close()
+    stop_tokens = session.generator.drafter.stop_tokens.tolist()
     args.out.write_text(json.dumps({"model": session.alias, "draft": args.draft, "max_tokens": args.max_tokens,
-                                    "profile": str(profile), "records": records}) + "\n")
+                                    "profile": str(profile), "stop_tokens": stop_tokens, "records": records}) + "\n")
     return 0
 
 
@@ -79,12 +80,14 @@ class PolicyRule:
 
 
 def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: str = "suffix",
-           max_tokens: int | None = None) -> dict:
+           max_tokens: int | None = None, stop_tokens: list[int] | None = None) -> dict:
     """Simulated decode of one recorded output: ms, steps, rows. `source` is the drafter's
     lookup: "suffix" (auto's) or "ngram" (the 1-4-token index auto used before). As the
-    engine does, no chain runs past `max_tokens` (the collection's limit)."""
+    engine does, no chain runs past `max_tokens` (the collection's limit) or into one of the
+    model's `stop_tokens` (drafting.fence_tokens, recorded at collection)."""
     out = record["output"]
-    drafter = Drafter(n_vocab=1)  # the lookup only; the recycling matrix is unused
+    # The lookup only; the recycling matrix is unused.
+    drafter = Drafter(n_vocab=1, stop_tokens=np.array(stop_tokens or [], dtype=np.int32))
     drafter.observe(np.array(record["prompt"], dtype=np.int32))
     policy = rule.policy if isinstance(rule, PolicyRule) else None
     if policy is not None:
@@ -147,13 +150,16 @@ def replay_all(args) -> int:
         policy.restore(json.loads(args.learned.read_text()))
         start = "learned"
     cap = data.get("max_tokens")  # the engine and llama-server draft no further than the limit
-    runs = {f"auto ({start})": [replay(r, PolicyRule(policy), curve, max_tokens=cap) for r in records]}
-    runs["auto (second pass)"] = [replay(r, PolicyRule(policy), curve, max_tokens=cap) for r in records]
+    stops = data.get("stop_tokens")  # our engine's chains end before a code fence (older recordings: none)
+    runs = {f"auto ({start})": [replay(r, PolicyRule(policy), curve, max_tokens=cap, stop_tokens=stops)
+                                for r in records]}
+    runs["auto (second pass)"] = [replay(r, PolicyRule(policy), curve, max_tokens=cap, stop_tokens=stops)
+                                  for r in records]
     # The same policy drafting from the n-gram index instead of the suffix drafter (issue 16:
     # no Spec-Bench category may be slower with the suffix drafter than without).
     ngram_policy = chain_policy()
-    runs["auto, n-gram lookup"] = [replay(r, PolicyRule(ngram_policy), curve, source="ngram", max_tokens=cap)
-                                   for r in records]
+    runs["auto, n-gram lookup"] = [replay(r, PolicyRule(ngram_policy), curve, source="ngram", max_tokens=cap,
+                                          stop_tokens=stops) for r in records]
     runs["ngram-simple-like"] = [replay(r, FixedRule(12, 48), curve, max_tokens=cap) for r in records]
     runs["ngram-mod-like"] = [replay(r, FixedRule(24, 64, min_known=48), curve, max_tokens=cap) for r in records]
     runs["oracle (chain <= 64)"] = [replay(r, None, curve, oracle=True, max_tokens=cap) for r in records]

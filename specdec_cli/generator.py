@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _native as nat
 from .devices import offload_plan
-from .drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter
+from .drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, DraftSettings, Drafter, fence_tokens
 from .errors import SpecdecError, UsageError, option
 from .exactness import exactness_rule
 from .history import History
@@ -85,7 +85,9 @@ class Generator:
         self._batch = TokenBatch(self.config.n_batch, self.config.n_seq_max)
         self._all_seqs = np.arange(self.config.n_seq_max, dtype=np.int32)
         self._kv_tokens: list[int] = []  # tokens whose KV cells are in every shared sequence
-        self.drafter = Drafter(self.n_vocab, self._load_matrix())
+        fences = fence_tokens(lambda text: self.model.tokenize(text, add_special=False, parse_special=False),
+                              self.model.token_bytes)
+        self.drafter = Drafter(self.n_vocab, self._load_matrix(), stop_tokens=fences)
         self.verifier = Verifier(self.ctx, self._batch, self.drafter, verify_batch=self.verify_batch,
                                  n_seq_max=self.config.n_seq_max)
         self.history = history  # earlier prompts and outputs: drafted from, and added to

@@ -126,3 +126,37 @@ def test_matrix_is_saved_and_read_back(tmp_path, monkeypatch):
     loaded = nat.RecyclingMatrix.load(str(path), N_VOCAB, MATRIX_K)
     assert loaded.row(4).tolist() == [9, 8, 7, 6, 5, 4, 3, 2] and loaded.filled_rows() == 1
     assert Drafter(N_VOCAB, matrix=loaded).draft(4, i32(), tree_size=3).tokens.tolist()[:2] == [4, 9]
+
+
+def test_a_chain_ends_before_a_stop_token():
+    """A chain copied out of the prompt stops just before a code-fence token (stop_tokens):
+    an answer copying a code block leaves the copy there."""
+    fence = 77
+    context = [10, 11, 12, 13, fence, 14, 15, 99, 10, 11, 12]
+    free = Drafter(N_VOCAB)
+    free.observe(i32(*context))
+    assert free.lookup("suffix", 8).tokens.tolist()[:3] == [13, fence, 14]
+    stopped = Drafter(N_VOCAB, stop_tokens=i32(fence, 90))
+    stopped.observe(i32(*context))
+    found = stopped.lookup("suffix", 8)
+    assert found.tokens.tolist() == [13] and found.match_length == 3
+    assert stopped.lookup("ngram", 8).tokens.tolist() == [13]
+    stopped.observe(i32(13))
+    assert stopped.lookup("suffix", 8).tokens.tolist() == []  # the fence itself is the model's to write
+
+
+@pytest.mark.slow
+def test_fence_tokens_are_the_models_fence_pieces(smollm2_gguf):
+    from specdec_cli.drafting import fence_tokens
+    from specdec_cli.llama import LlamaModel
+
+    model = LlamaModel(smollm2_gguf)
+    try:
+        def tokenize(text: str) -> np.ndarray:
+            return model.tokenize(text, add_special=False, parse_special=False)
+
+        fences = fence_tokens(tokenize, model.token_bytes)
+        assert len(fences) and all(b"``" in model.token_bytes(int(t)) for t in fences)
+        assert {int(t) for t in tokenize("```")} <= set(fences.tolist())
+    finally:
+        model.close()
