@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -28,13 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from specdec_cli import _native as nat
-from specdec_cli.bench.methods import find_llama_server
+from specdec_cli.bench.methods import find_llama_server, parse_methods
 from specdec_cli.bench.prompts import load_prompts, prompts_path, select_prompts
 from specdec_cli.bench.run_server import LlamaServer
 from specdec_cli.drafting import DraftSettings
 from specdec_cli.session import RunOptions, open_session
 
-SERVER_MODES = {"server": None, "server:ngram-simple": "ngram-simple", "server:ngram-mod": "ngram-mod"}
+# llama-server's plain decoding and its n-gram modes (parse_methods also adds our `none`).
+SERVER_METHODS = [spec for spec in parse_methods("server,server:ngram-simple,server:ngram-mod")
+                  if spec.family == "server"]
 
 
 def oracle_rate(generator, prompt: np.ndarray, answer: list[int], k: int) -> tuple[float, int]:
@@ -46,7 +49,7 @@ def oracle_rate(generator, prompt: np.ndarray, answer: list[int], k: int) -> tup
     body = prompt[:-1]
     ctx.decode_chain(batch, body, 0, seqs, generator.config.n_batch)
     n_past, root, pos, differ = len(body), int(prompt[-1]), 0, 0
-    t_first = t_start = time.perf_counter()
+    t_first = time.perf_counter()
     first_tokens = 0
     while pos < len(answer):
         n_rows = min(k, len(answer) - pos)  # the last step predicts the answer's last tokens only
@@ -84,8 +87,8 @@ def main() -> int:
     binary = find_llama_server(os.environ.get("SPECDEC_LLAMA_SERVER"))
     if binary is None:
         raise SystemExit("llama-server not found: set SPECDEC_LLAMA_SERVER (bench/build_llama_server.sh)")
-    servers = {name: LlamaServer(binary, generator.model_path, mode, args.threads, generator.ctx.n_ctx, ("f16", "f16"))
-               for name, mode in SERVER_MODES.items()}
+    servers = {spec.name: LlamaServer(binary, generator.model_path, spec.spec_type, args.threads, generator.ctx.n_ctx,
+                                      ("f16", "f16")) for spec in SERVER_METHODS}
     prompts = select_prompts(load_prompts(prompts_path(args.prompts)), None, args.limit)
     rows = []
     try:
@@ -103,15 +106,15 @@ def main() -> int:
             for name, server in servers.items():
                 row[name] = float(server.complete([int(t) for t in tokens], args.max_tokens)["timings"]
                                   ["predicted_per_second"])
-            best_server = max(row[name] for name in SERVER_MODES)
+            best_server = max(row[name] for name in servers)
             # An answer of at most k tokens is one step: no rate after the first one (nan).
-            row["oracle_best"] = max(row[f"oracle:{k}"] for k in chains if row[f"oracle:{k}"] == row[f"oracle:{k}"])
+            row["oracle_best"] = max(row[f"oracle:{k}"] for k in chains if not math.isnan(row[f"oracle:{k}"]))
             row["oracle_vs_best_server"] = row["oracle_best"] / best_server
             row["none_vs_server"] = row["none"] / row["server"]
             rows.append(row)
             print(f"{spec.question_id}: {len(tokens)}+{len(plain.tokens)} tokens; none {row['none']:.1f}, "
                   + ", ".join(f"oracle {k} {row[f'oracle:{k}']:.1f}" for k in chains)
-                  + ", " + ", ".join(f"{n} {row[n]:.1f}" for n in SERVER_MODES)
+                  + ", " + ", ".join(f"{n} {row[n]:.1f}" for n in servers)
                   + f" -> oracle/best server {row['oracle_vs_best_server']:.3f}x", flush=True)
     finally:
         for server in servers.values():
@@ -121,11 +124,12 @@ def main() -> int:
                "median_oracle_vs_best_server": statistics.median(r["oracle_vs_best_server"] for r in rows),
                "median_none_vs_server": statistics.median(r["none_vs_server"] for r in rows)}
     for k in chains:
-        ratios = [r[f"oracle:{k}"] / r["none"] for r in rows if r[f"oracle:{k}"] == r[f"oracle:{k}"]]
+        ratios = [r[f"oracle:{k}"] / r["none"] for r in rows if not math.isnan(r[f"oracle:{k}"])]
         summary[f"median_oracle_{k}_vs_none"] = statistics.median(ratios) if ratios else None
     print(json.dumps(summary, indent=1))
     if args.out:
-        clean = [{key: (None if value != value else value) for key, value in row.items()} for row in rows]  # nan: null
+        clean = [{key: None if isinstance(value, float) and math.isnan(value) else value
+                  for key, value in row.items()} for row in rows]  # JSON has no nan
         args.out.write_text(json.dumps({"model": args.model, "threads": args.threads, "max_tokens": args.max_tokens,
                                         "prompts": args.prompts, "summary": summary, "rows": clean}, indent=1) + "\n")
     return 0

@@ -52,8 +52,8 @@ def collect(args) -> int:
                         "prompt": tokens.tolist(), "output": result.tokens})
         print(f"{i + 1}/{len(prompts)} {prompt.question_id}: {len(result.tokens)} tokens", file=sys.stderr)
     profile = session.profile_key.path()
-    session.close()
     stop_tokens = session.generator.drafter.stop_tokens.tolist()
+    session.close()
     args.out.write_text(json.dumps({"model": session.alias, "draft": args.draft, "max_tokens": args.max_tokens,
                                     "profile": str(profile), "stop_tokens": stop_tokens, "records": records}) + "\n")
     return 0

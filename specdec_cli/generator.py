@@ -314,8 +314,7 @@ class Generator:
             self._drop_uncommitted(keep)
         pos = keep
         stats.prefill_backend = "llama"
-        if self.prefiller is None:
-            self._open_measured_prefiller(len(body) - keep)
+        self._open_measured_prefiller(len(body) - keep)  # a no-op unless `auto` has a measured speed pending
         # ONNX continues from the cached prefix too (a chat turn's new tokens)
         if prefill_with_fallback(self.prefiller, self.ctx, body, self.config.n_seq_max, start=keep, warn=_warn):
             pos = len(body)
