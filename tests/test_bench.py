@@ -268,3 +268,43 @@ def test_bench_interleaves_server_methods_per_prompt(run_specdec, smollm2_gguf: 
     assert rows[("server:ngram-simple", "overall")]["rows_per_token"] == pytest.approx((2 + 6) / 4)
     assert rows[("none", "overall")]["vs_server"] > 0 and rows[("none", "overall")]["e2e_vs_server"] > 0
     assert doc["header"]["llama_server"].endswith("(version: 0 (stub))")
+
+
+TIED_PARENT = r"""
+import sys, time
+from specdec_cli.bench.run_server import start_child
+child = start_child([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_bench_takes_its_llama_server_children_with_it() -> None:
+    """SIGTERM skips the bench's `finally`: the children must go by themselves, or they keep
+    their ports and the cores every later measurement needs."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", TIED_PARENT], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    assert psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=10)
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 10
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survived = not gone()
+    if survived:
+        psutil.Process(child_pid).kill()
+    assert not survived, "the child outlived its killed parent"

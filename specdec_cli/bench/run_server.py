@@ -10,9 +10,13 @@ kept for the prompt's repeats.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -43,6 +47,24 @@ def _post_json(url: str, doc: dict, timeout: float) -> dict:
         return json.loads(response.read())
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """Run in the child before exec: ask Linux to send it SIGTERM when the bench process
+    dies (PR_SET_PDEATHSIG, prctl(2)). A bench killed by a signal runs no `finally`, and
+    its llama-server children would otherwise keep their ports and cores."""
+    def tie() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the bench died before the tie was made
+            os._exit(1)
+    return tie
+
+
+def start_child(args: list[str], **popen_args) -> subprocess.Popen:
+    """A child process that does not outlive the bench (on Linux; elsewhere a plain
+    Popen, and a killed bench leaves its children to the user)."""
+    tie = _die_with(os.getpid()) if sys.platform.startswith("linux") else None
+    return subprocess.Popen(args, preexec_fn=tie, **popen_args)
+
+
 def server_version(binary: Path) -> str:
     """`llama-server --version`'s line naming the build, for the report header."""
     try:
@@ -65,7 +87,7 @@ class LlamaServer:
         if spec_type:
             args += ["--spec-type", spec_type]
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = start_child(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_ready(READY_TIMEOUT_S)
         except BaseException:
