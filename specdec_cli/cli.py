@@ -142,7 +142,8 @@ def run(
     if stats:
         s = result.stats
         stderr_console().print(
-            f"[dim]{s.n_prompt} prompt tokens in {s.prefill_s:.2f}s, {s.n_generated} generated in "
+            f"[dim]{s.n_prompt} prompt tokens in {s.prefill_s:.2f}s (prefill={s.prefill_backend}), "
+            f"{s.n_generated} generated in "
             f"{s.decode_s:.2f}s ({s.tokens_per_s:.1f} tok/s), {s.steps} steps, "
             f"{s.tokens_per_step:.2f} tokens/step, draft={s.draft}, kv={s.kv_cache}, backend={s.backend}"
             f"{f' ({s.gpu_layers} GPU layers)' if s.gpu_layers else ''}"

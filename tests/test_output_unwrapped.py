@@ -21,6 +21,7 @@ def test_stats_line_is_one_line_in_a_log(run_specdec) -> None:
     assert result.returncode == 0, result.stderr
     stats = [line for line in result.stderr.splitlines() if "prompt tokens in" in line]
     assert len(stats) == 1 and "tokens/step" in stats[0] and "kv=" in stats[0], result.stderr
+    assert "(prefill=llama)" in stats[0], result.stderr  # which prefill path read the prompt
 
 
 def test_devices_lines_stay_whole_in_a_file(run_specdec) -> None:
