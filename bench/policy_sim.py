@@ -42,7 +42,7 @@ def collect(args) -> int:
     from specdec_cli.bench.prompts import load_prompts, prompts_path, select_prompts
     from specdec_cli.session import RunOptions, open_session
 
-    prompts = select_prompts(load_prompts(prompts_path(args.prompts)), None, args.per_category)
+    prompts = select_prompts(load_prompts(prompts_path(args.prompts)), args.category, args.per_category)
     session = open_session(RunOptions(model=args.model, history=False))
     records = []
     for i, prompt in enumerate(prompts):
@@ -87,7 +87,9 @@ def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: s
     model's `stop_tokens` (drafting.fence_tokens, recorded at collection)."""
     out = record["output"]
     # The lookup only; the recycling matrix is unused.
-    drafter = Drafter(n_vocab=1, stop_tokens=np.array(stop_tokens or [], dtype=np.int32))
+    # llama-server's rules and the oracle draft the plain lookup: no learned substitutions.
+    drafter = Drafter(n_vocab=1, stop_tokens=np.array(stop_tokens or [], dtype=np.int32),
+                      substitutions=isinstance(rule, PolicyRule))
     drafter.observe(np.array(record["prompt"], dtype=np.int32))
     policy = rule.policy if isinstance(rule, PolicyRule) else None
     if policy is not None:
@@ -191,6 +193,7 @@ def main() -> int:
     c.add_argument("-m", "--model", default="qwen2.5-coder-1.5b")
     c.add_argument("--prompts", default="edits")
     c.add_argument("--per-category", type=int, default=3)
+    c.add_argument("--category", action="append", help="only this category (repeatable; default: all)")
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--draft", default="auto", help="how the outputs are generated (greedy: same text up to near-ties)")
     c.add_argument("--out", type=Path, required=True)

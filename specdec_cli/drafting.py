@@ -7,7 +7,9 @@ A draft is a tree rooted at the last accepted token (not yet in the KV cache).
 - `suffix` drafts a chain from the longest suffix of the context that occurred before, in
   the context or in the history of earlier runs (a suffix automaton: SAM-Decoding, Hu et
   al. 2024), following the most frequent continuation (SuffixDecoding, Oliaro et al.
-  2024); its match length and agreement say how far to trust it.
+  2024); its match length and agreement say how far to trust it. The replacements the
+  answer has made to the text it copies so far are applied to the chain
+  (substitutions.py).
 - `recycling` reads a tree out of the adjacency matrix of candidate successors that the
   model itself ranked highest the last time it saw each token (Luo et al. 2024, Token
   Recycling); `hybrid` grafts the n-gram chain onto that tree.
@@ -25,6 +27,7 @@ import numpy as np
 
 from . import _native as nat
 from .paths import write_cache_file
+from .substitutions import SubstitutionMemory
 
 DRAFT_MODES = ("none", "ngram", "suffix", "recycling", "hybrid", "auto")
 MATRIX_K = 8
@@ -91,9 +94,12 @@ class Drafter:
     one tree per step."""
 
     def __init__(self, n_vocab: int, matrix: nat.RecyclingMatrix | None = None,
-                 history: nat.SuffixAutomaton | None = None, stop_tokens: np.ndarray | None = None):
+                 history: nat.SuffixAutomaton | None = None, stop_tokens: np.ndarray | None = None,
+                 substitutions: bool = True):
         self.context = _Indexes()
         self.history = history
+        # Suffix chains only (None: off; bench/policy_sim.py replays llama-server's rules without).
+        self.substitutions = SubstitutionMemory() if substitutions else None
         # No chain runs into these tokens (fence_tokens): it ends just before the first one.
         self.stop_tokens = np.zeros(0, dtype=np.int32) if stop_tokens is None else stop_tokens
         self.matrix = matrix if matrix is not None else nat.RecyclingMatrix(n_vocab, MATRIX_K)
@@ -104,6 +110,8 @@ class Drafter:
         self.context.suffix.reset()
         if self.history is not None:
             self.history.follow_reset()
+        if self.substitutions is not None:
+            self.substitutions.reset()
 
     def observe(self, tokens: np.ndarray) -> None:
         """Append accepted tokens (the root included) to the context."""
@@ -112,6 +120,8 @@ class Drafter:
         self.context.suffix.extend(tokens)
         if self.history is not None:
             self.history.follow(tokens)
+        if self.substitutions is not None:
+            self.substitutions.observe(tokens)
 
     def template(self, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
         if n_nodes not in self._templates:
@@ -120,7 +130,8 @@ class Drafter:
 
     def lookup(self, source: str | None, max_len: int) -> Lookup:
         """The chain the source proposes after the context: `ngram`, or `suffix` (the
-        longer of the context's and the history's matches; the context's on a tie)."""
+        longer of the context's and the history's matches, the context's on a tie, with the
+        answer's substitutions applied)."""
         if source is None or max_len <= 0:
             return NO_LOOKUP
         if source == "ngram":
@@ -131,7 +142,12 @@ class Drafter:
             other = _suffix_lookup(self.history.lookup_followed(max_len), "history")
             if other.match_length > best.match_length and len(other.tokens):
                 best = other
-        return self._before_stop(best)
+        if self.substitutions is None:
+            return self._before_stop(best)
+        best.tokens = self.substitutions.rewrite(best.tokens)[:max_len]
+        found = self._before_stop(best)
+        self.substitutions.proposed(found.tokens, found.match_length)
+        return found
 
     def _before_stop(self, found: Lookup) -> Lookup:
         # A chain of <= 64 tokens against a handful of stop tokens: one broadcast compare

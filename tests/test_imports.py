@@ -16,7 +16,7 @@ LAYERS = [
     ("engine", ("generator",)),
     ("parts", ("verifier", "drafting", "history", "exactness", "tuning", "prefill", "prefill.*", "registry", "models_file", "hub",
                "devices")),
-    ("foundations", ("llama", "policy", "metrics", "options", "offload", "text_stream", "paths", "errors", "split_model",
+    ("foundations", ("llama", "policy", "substitutions", "metrics", "options", "offload", "text_stream", "paths", "errors", "split_model",
                      "gguf_file", "__init__")),
 ]
 

@@ -118,6 +118,37 @@ def test_greedy_lossless_past_sliding_window(gemma):
     assert spec.tokens == plain.tokens, first_divergence(plain.tokens, spec.tokens)
 
 
+RENAMED_STORY = ("In the spring of 1901 an old grey cat named Whiskers moved into the lighthouse at the far end of the "
+                 "harbour road, where the keeper fed the cat every morning with fish from the night boats. Sailors said "
+                 "the cat could smell a storm two days before it came, and the harbour master once wrote that the cat "
+                 "had saved more ships than the lamp itself.")
+
+
+def test_learned_substitutions_keep_the_output(gemma):
+    """A copy that renames as it goes (substitutions.py): once the answer has written ' dog'
+    where the text it copies says ' cat', later chains say ' dog' too. Verified, the output
+    is still plain decoding's, in fewer steps than with the copy's own spelling."""
+    renamed = RENAMED_STORY.replace("cat", "dog")
+    text = (f"Text A:\n{RENAMED_STORY}\n\nText A again, with every cat replaced by a dog:\n"
+            + renamed[:renamed.index("dog") + 3])
+    prompt = gemma.tokenize(text, special=False)
+    draft = DraftSettings(mode="suffix", tree_size=1, draft_len=16)
+    plain = gemma.generate(prompt, max_tokens=64, draft=DraftSettings(mode="none"))
+    assert " the dog had saved" in plain.text  # the model renames every later cat itself
+    spec = gemma.generate(prompt, max_tokens=64, draft=draft)
+    learned = [([gemma.model.token_bytes(int(t)) for t in s], [gemma.model.token_bytes(int(t)) for t in r])
+               for s, r in gemma.drafter.substitutions.learned]
+    assert spec.tokens == plain.tokens, first_divergence(plain.tokens, spec.tokens)
+    assert learned == [([b" cat"], [b" dog"])]
+    memory, gemma.drafter.substitutions = gemma.drafter.substitutions, None
+    try:
+        unlearned = gemma.generate(prompt, max_tokens=64, draft=draft)
+    finally:
+        gemma.drafter.substitutions = memory
+    assert unlearned.tokens == plain.tokens
+    assert spec.stats.steps < unlearned.stats.steps
+
+
 def test_stop_strings_and_eos(smollm2):
     prompt = chat_tokens(smollm2, "List the numbers from 1 to 20, separated by commas.", 200)
     full = smollm2.generate(prompt, max_tokens=60, draft=DraftSettings(mode="hybrid", tree_size=8, draft_len=6))
