@@ -125,14 +125,21 @@ class SubstitutionMemory:
     def _detour(self, div: _Divergence) -> tuple[int, int] | None:
         """The smallest (a, b), a + b <= MAX_DETOUR, such that the answer, b tokens after the
         divergence, goes on with the chain's text from its token a: a chain tokens were
-        replaced by b written ones. None while the answer has not (yet) come back."""
+        replaced by b written ones. None while the answer has not (yet) come back, or while
+        a smaller detour cannot be checked yet (the answer is too short for it)."""
         known = len(self._context)
+        complete = True  # every detour smaller than `total` was checked
         for total in range(1, MAX_DETOUR + 1):
+            checked = True
             for a in range(total + 1):
                 b = total - a
-                if a + ALIGN <= len(div.rest) and div.at + b + ALIGN <= known and \
-                        self._context[div.at + b:div.at + b + ALIGN] == div.rest[a:a + ALIGN].tolist():
-                    return a, b
+                if a + ALIGN > len(div.rest):
+                    continue
+                if div.at + b + ALIGN > known:
+                    checked = False
+                elif self._context[div.at + b:div.at + b + ALIGN] == div.rest[a:a + ALIGN].tolist():
+                    return (a, b) if complete else None
+            complete = complete and checked
         return None
 
     def _learn(self, source: np.ndarray, replacement: np.ndarray) -> None:

@@ -87,7 +87,8 @@ def learned_after(chain: list[int], emitted: list[int]) -> list[tuple[list[int],
 
 def test_the_smallest_replacement_that_explains_the_detour_is_learned() -> None:
     assert learned_after([1, 2, 3, 4, 5], [9, 2, 3, 4]) == [([1], [9])]  # one token for one
-    assert learned_after([1, 2, 3, 4, 5, 6], [9, 8, 3, 4, 5]) == [([1, 2], [9, 8])]
+    assert learned_after([1, 2, 3, 4, 5, 6], [9, 8, 3, 4, 5]) == []  # (0, 3) not checkable yet
+    assert learned_after([1, 2, 3, 4, 5, 6], [9, 8, 3, 4, 5, 6]) == [([1, 2], [9, 8])]
     assert learned_after([1, 2, 3, 4, 5, 6], [9, 8, 7, 2, 3, 4]) == [([1], [9, 8, 7])]  # a longer name
 
 
