@@ -294,6 +294,7 @@ def test_a_killed_bench_takes_its_llama_server_children_with_it() -> None:
     assert psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE
     parent.send_signal(signal.SIGTERM)
     parent.wait(timeout=10)
+    parent.stdout.close()
 
     def gone() -> bool:
         try:
