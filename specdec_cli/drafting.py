@@ -153,7 +153,7 @@ class Drafter:
         # A chain of <= 64 tokens against a handful of stop tokens: one broadcast compare
         # (4 us a step; np.isin's general algorithm took 16).
         stops = np.flatnonzero((found.tokens[:, None] == self.stop_tokens).any(axis=1)) \
-            if len(self.stop_tokens) else ()
+            if len(self.stop_tokens) and len(found.tokens) else ()
         if not len(stops):
             return found
         return Lookup(found.tokens[:stops[0]], found.match_length, found.agreement, found.origin)

@@ -36,7 +36,7 @@ MAX_KEPT = 16  # substitutions kept, the newest first
 
 @dataclass
 class _Divergence:
-    rest: np.ndarray  # the chain from the token the answer did not take
+    rest: list[int]  # the chain from the token the answer did not take (as far as a detour can reach)
     at: int  # the context position of that token
 
 
@@ -45,7 +45,8 @@ class _Proposal:
     chain: np.ndarray
     match_length: int
     at: int  # the context position of the chain's first token
-    writers: np.ndarray  # per chain token: the substitution that wrote it (index in `learned`), or -1
+    writers: np.ndarray | None  # per chain token: the substitution that wrote it (index in `learned`), or -1;
+    # None: nothing rewritten
 
 
 class SubstitutionMemory:
@@ -57,18 +58,21 @@ class SubstitutionMemory:
         self._context: list[int] = []
         self._waiting: list[_Divergence] = []
         self._proposal: _Proposal | None = None
-        self._writers = np.zeros(0, dtype=np.int32)
+        self._writers: np.ndarray | None = None  # `rewrite`'s record of the chain it returned last
 
     def reset(self) -> None:
         self.learned.clear()
         self._context.clear()
         self._waiting.clear()
         self._proposal = None
-        self._writers = np.zeros(0, dtype=np.int32)
+        self._writers = None
 
     def rewrite(self, chain: np.ndarray) -> np.ndarray:
         """`chain` with every learned S replaced by its R (newest substitution first, each
         occurrence left to right). Remembers which substitution wrote which token."""
+        if not self.learned:  # most steps of most answers: nothing to rewrite
+            self._writers = None
+            return chain
         writers = np.full(len(chain), -1, dtype=np.int32)  # per token: the index in `learned`, or -1
         for index, (source, replacement) in enumerate(self.learned):
             if len(chain) < len(source):
@@ -89,7 +93,8 @@ class SubstitutionMemory:
     def proposed(self, chain: np.ndarray, match_length: int) -> None:
         """The chain this step's lookup returned: the last `rewrite`'s output or a prefix of
         it, to be compared with what the step emits."""
-        self._proposal = _Proposal(chain, match_length, len(self._context), self._writers[:len(chain)])
+        writers = None if self._writers is None else self._writers[:len(chain)]
+        self._proposal = _Proposal(chain, match_length, len(self._context), writers) if len(chain) else None
 
     def observe(self, tokens: np.ndarray) -> None:
         """Tokens appended to the context (the prompt, then each step's emitted tokens)."""
@@ -99,12 +104,12 @@ class SubstitutionMemory:
             n = min(len(chain), len(tokens))
             wrong = np.flatnonzero(chain[:n] != tokens[:n])
             right = int(wrong[0]) if len(wrong) else n
-            if right < n and proposal.writers[right] >= 0:
+            if right < n and proposal.writers is not None and proposal.writers[right] >= 0:
                 # The answer did not make this substitution here: it is not a rename of
                 # everything (a paraphrase, or two spellings that alternate); forget it.
                 del self.learned[proposal.writers[right]]
             elif right < len(tokens) and len(chain) > right + ALIGN and proposal.match_length + right >= MIN_COPY:
-                self._waiting.append(_Divergence(chain[right:], proposal.at + right))
+                self._waiting.append(_Divergence(chain[right:right + MAX_DETOUR + ALIGN].tolist(), proposal.at + right))
         self._context.extend(tokens.tolist())
         if self._waiting:
             self._realign()
@@ -119,7 +124,8 @@ class SubstitutionMemory:
                 continue
             n_source, n_written = detour
             if 1 <= n_source <= MAX_SOURCE and n_written >= 1:
-                self._learn(div.rest[:n_source], np.array(self._context[div.at:div.at + n_written], dtype=np.int32))
+                self._learn(np.array(div.rest[:n_source], dtype=np.int32),
+                            np.array(self._context[div.at:div.at + n_written], dtype=np.int32))
         self._waiting = still
 
     def _detour(self, div: _Divergence) -> tuple[int, int] | None:
@@ -137,7 +143,7 @@ class SubstitutionMemory:
                     continue
                 if div.at + b + ALIGN > known:
                     checked = False
-                elif self._context[div.at + b:div.at + b + ALIGN] == div.rest[a:a + ALIGN].tolist():
+                elif self._context[div.at + b:div.at + b + ALIGN] == div.rest[a:a + ALIGN]:
                     return (a, b) if complete else None
             complete = complete and checked
         return None
