@@ -19,7 +19,9 @@ one pass over the set), `auto` drafting from the n-gram index instead of the suf
 drafter (fresh), `ngram-simple`-like (match >= 12 tokens: draft 48),
 `ngram-mod`-like (match >= 24 and >= 48 tokens known: draft up to 64) and the oracle
 (each step the best chain length knowing how far the chain is right: an upper bound for
-chain drafting from this lookup). Recycling trees are not replayed (they need the model).
+chain drafting from this lookup). `auto`'s replays learn and apply the answer's substitutions
+as the engine does (substitutions.py); llama-server's rules and the oracle draft the plain
+lookup. Recycling trees are not replayed (they need the model).
 """
 
 from __future__ import annotations
