@@ -144,9 +144,10 @@ class Drafter:
                 best = other
         if self.substitutions is None:
             return self._before_stop(best)
-        best.tokens = self.substitutions.rewrite(best.tokens)[:max_len]
+        rewritten, writers = self.substitutions.rewrite(best.tokens)
+        best.tokens = rewritten[:max_len]
         found = self._before_stop(best)
-        self.substitutions.proposed(found.tokens, found.match_length)
+        self.substitutions.proposed(found.tokens, found.match_length, writers)
         return found
 
     def _before_stop(self, found: Lookup) -> Lookup:

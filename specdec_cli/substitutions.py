@@ -45,8 +45,7 @@ class _Proposal:
     chain: np.ndarray
     match_length: int
     at: int  # the context position of the chain's first token
-    writers: np.ndarray | None  # per chain token: the substitution that wrote it (index in `learned`), or -1;
-    # None: nothing rewritten
+    writers: np.ndarray | None  # `rewrite`'s record for the chain (None: nothing rewritten)
 
 
 class SubstitutionMemory:
@@ -55,24 +54,27 @@ class SubstitutionMemory:
 
     def __init__(self) -> None:
         self.learned: list[tuple[np.ndarray, np.ndarray]] = []
-        self._context: list[int] = []
+        self._n = 0  # tokens in the context so far
+        # The context from position `_kept_from` on, kept only while a divergence waits: the
+        # prompt and most of the answer are never needed here.
+        self._kept: list[int] = []
+        self._kept_from = 0
         self._waiting: list[_Divergence] = []
         self._proposal: _Proposal | None = None
-        self._writers: np.ndarray | None = None  # `rewrite`'s record of the chain it returned last
 
     def reset(self) -> None:
         self.learned.clear()
-        self._context.clear()
+        self._n = 0
+        self._kept.clear()
         self._waiting.clear()
         self._proposal = None
-        self._writers = None
 
-    def rewrite(self, chain: np.ndarray) -> np.ndarray:
+    def rewrite(self, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`chain` with every learned S replaced by its R (newest substitution first, each
-        occurrence left to right). Remembers which substitution wrote which token."""
+        occurrence left to right), and per token of it the substitution that wrote it (its
+        index in `learned`, or -1); None when nothing was learned."""
         if not self.learned:  # most steps of most answers: nothing to rewrite
-            self._writers = None
-            return chain
+            return chain, None
         writers = np.full(len(chain), -1, dtype=np.int32)  # per token: the index in `learned`, or -1
         for index, (source, replacement) in enumerate(self.learned):
             if len(chain) < len(source):
@@ -87,14 +89,13 @@ class SubstitutionMemory:
                 pieces.append((chain[end:], writers[end:]))
                 chain = np.concatenate([p[0] for p in pieces]).astype(np.int32, copy=False)
                 writers = np.concatenate([p[1] for p in pieces])
-        self._writers = writers
-        return chain
+        return chain, writers
 
-    def proposed(self, chain: np.ndarray, match_length: int) -> None:
-        """The chain this step's lookup returned: the last `rewrite`'s output or a prefix of
-        it, to be compared with what the step emits."""
-        writers = None if self._writers is None else self._writers[:len(chain)]
-        self._proposal = _Proposal(chain, match_length, len(self._context), writers) if len(chain) else None
+    def proposed(self, chain: np.ndarray, match_length: int, writers: np.ndarray | None) -> None:
+        """The chain this step's lookup returned (`rewrite`'s output or a prefix of it, with
+        `rewrite`'s writers), to be compared with what the step emits."""
+        writers = None if writers is None else writers[:len(chain)]
+        self._proposal = _Proposal(chain, match_length, self._n, writers) if len(chain) else None
 
     def observe(self, tokens: np.ndarray) -> None:
         """Tokens appended to the context (the prompt, then each step's emitted tokens)."""
@@ -110,22 +111,32 @@ class SubstitutionMemory:
                 del self.learned[proposal.writers[right]]
             elif right < len(tokens) and len(chain) > right + ALIGN and proposal.match_length + right >= MIN_COPY:
                 self._waiting.append(_Divergence(chain[right:right + MAX_DETOUR + ALIGN].tolist(), proposal.at + right))
-        self._context.extend(tokens.tolist())
+        if self._waiting:
+            if not self._kept:  # a divergence of this step: it lies in `tokens`
+                self._kept_from = self._n
+            self._kept.extend(tokens.tolist())
+        self._n += len(tokens)
         if self._waiting:
             self._realign()
+        if not self._waiting:
+            self._kept.clear()
+
+    def _context(self, start: int, end: int) -> list[int]:
+        """Context positions start..end-1 (all after the oldest waiting divergence)."""
+        return self._kept[start - self._kept_from:end - self._kept_from]
 
     def _realign(self) -> None:
         still = []
         for div in self._waiting:
             detour = self._detour(div)
             if detour is None:
-                if len(self._context) - div.at < MAX_WAIT:
+                if self._n - div.at < MAX_WAIT:
                     still.append(div)
                 continue
             n_source, n_written = detour
             if 1 <= n_source <= MAX_SOURCE and n_written >= 1:
                 self._learn(np.array(div.rest[:n_source], dtype=np.int32),
-                            np.array(self._context[div.at:div.at + n_written], dtype=np.int32))
+                            np.array(self._context(div.at, div.at + n_written), dtype=np.int32))
         self._waiting = still
 
     def _detour(self, div: _Divergence) -> tuple[int, int] | None:
@@ -133,7 +144,7 @@ class SubstitutionMemory:
         divergence, goes on with the chain's text from its token a: a chain tokens were
         replaced by b written ones. None while the answer has not (yet) come back, or while
         a smaller detour cannot be checked yet (the answer is too short for it)."""
-        known = len(self._context)
+        known = self._n
         complete = True  # every detour smaller than `total` was checked
         for total in range(1, MAX_DETOUR + 1):
             checked = True
@@ -143,7 +154,7 @@ class SubstitutionMemory:
                     continue
                 if div.at + b + ALIGN > known:
                     checked = False
-                elif self._context[div.at + b:div.at + b + ALIGN] == div.rest[a:a + ALIGN]:
+                elif self._context(div.at + b, div.at + b + ALIGN) == div.rest[a:a + ALIGN]:
                     return (a, b) if complete else None
             complete = complete and checked
         return None

@@ -70,7 +70,8 @@ def test_nothing_is_learned_outside_a_long_copy() -> None:
     of a copy: it teaches nothing."""
     memory = SubstitutionMemory()
     memory.observe(i32(1, 2, 3, 4, 5, 6, 7, 8, 9))
-    memory.proposed(memory.rewrite(i32(4, 5, 6, 7, 8)), match_length=MIN_COPY - 2)  # wrong at its first token
+    chain, writers = memory.rewrite(i32(4, 5, 6, 7, 8))
+    memory.proposed(chain, MIN_COPY - 2, writers)  # wrong at its first token
     memory.observe(i32(40))
     memory.observe(i32(5, 6, 7, 8))
     assert memory.learned == []
@@ -79,7 +80,8 @@ def test_nothing_is_learned_outside_a_long_copy() -> None:
 def learned_after(chain: list[int], emitted: list[int]) -> list[tuple[list[int], list[int]]]:
     memory = SubstitutionMemory()
     memory.observe(i32(*range(100, 100 + MIN_COPY)))
-    memory.proposed(memory.rewrite(i32(*chain)), match_length=MIN_COPY)
+    chain_now, writers = memory.rewrite(i32(*chain))
+    memory.proposed(chain_now, MIN_COPY, writers)
     for token in emitted:  # one token a step, as plain decoding after a lost bet
         memory.observe(i32(token))
     return [(s.tolist(), r.tolist()) for s, r in memory.learned]
@@ -104,9 +106,11 @@ def test_a_divergence_the_answer_never_comes_back_from_is_dropped() -> None:
 def test_rewrite_replaces_every_occurrence_left_to_right() -> None:
     memory = SubstitutionMemory()
     memory.learned = [(i32(7, 8), i32(70)), (i32(1), i32(10, 11))]
-    assert memory.rewrite(i32(1, 7, 8, 7, 8, 2, 7)).tolist() == [10, 11, 70, 70, 2, 7]
-    assert memory.rewrite(i32(7)).tolist() == [7]  # shorter than the source
-    assert memory.rewrite(i32()).tolist() == []
+    chain, writers = memory.rewrite(i32(1, 7, 8, 7, 8, 2, 7))
+    assert chain.tolist() == [10, 11, 70, 70, 2, 7]
+    assert writers.tolist() == [1, 1, 0, 0, -1, -1]  # which substitution wrote each token
+    assert memory.rewrite(i32(7))[0].tolist() == [7]  # shorter than the source
+    assert memory.rewrite(i32())[0].tolist() == []
 
 
 def test_a_new_generation_forgets_what_the_last_one_learned() -> None:
