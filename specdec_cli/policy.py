@@ -34,6 +34,7 @@ speculative option has to beat plain decoding by SPECULATION_MARGIN to be taken.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,12 +143,7 @@ def prior_curve() -> CostCurve:
 
 def match_bucket(match_n: int) -> int:
     """The statistics bucket of a suffix match of `match_n` tokens (>= 1)."""
-    bucket = MATCH_BUCKETS[0]
-    for b in MATCH_BUCKETS:
-        if b > match_n:
-            break
-        bucket = b
-    return bucket
+    return MATCH_BUCKETS[max(bisect_right(MATCH_BUCKETS, match_n) - 1, 0)]
 
 
 @dataclass
@@ -165,20 +161,26 @@ class Choice:
 @dataclass
 class _DepthStats:
     """Per-depth conditional acceptance counts: over everything generated so far (with a
-    Beta prior), and over the current generation alone, shrunk towards the former."""
+    Beta prior), and over the current generation alone, shrunk towards the former. The
+    rates are kept per depth and recomputed only where a count changed: choose() reads up
+    to max_chain of them every step, a handful of counts change per step."""
 
     prior: float
     trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     local_trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     local_hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
+    _rates: list[float | None] = field(default_factory=lambda: [None] * MAX_DEPTH, repr=False)
 
     def global_rate(self, depth: int) -> float:
         return (self.hits[depth] + self.prior * PRIOR_WEIGHT) / (self.trials[depth] + PRIOR_WEIGHT)
 
     def rate(self, depth: int) -> float:
-        return ((self.local_hits[depth] + self.global_rate(depth) * LOCAL_WEIGHT)
-                / (self.local_trials[depth] + LOCAL_WEIGHT))
+        rate = self._rates[depth]
+        if rate is None:
+            rate = self._rates[depth] = ((self.local_hits[depth] + self.global_rate(depth) * LOCAL_WEIGHT)
+                                         / (self.local_trials[depth] + LOCAL_WEIGHT))
+        return rate
 
     def add(self, depth: int, hit: bool) -> None:
         self.trials[depth] += 1
@@ -186,19 +188,26 @@ class _DepthStats:
         if hit:
             self.hits[depth] += 1
             self.local_hits[depth] += 1
+        self._rates[depth] = None
+
+    def set_counts(self, trials: list[float], hits: list[float]) -> None:
+        self.trials, self.hits = trials, hits
+        self._rates = [None] * MAX_DEPTH
 
     def reset_local(self) -> None:
         self.local_trials = [0.0] * MAX_DEPTH
         self.local_hits = [0.0] * MAX_DEPTH
-        self.trials = [t * GENERATION_DECAY for t in self.trials]
-        self.hits = [h * GENERATION_DECAY for h in self.hits]
+        self.set_counts([t * GENERATION_DECAY for t in self.trials], [h * GENERATION_DECAY for h in self.hits])
 
     def expected_accepted(self, length: int) -> list[float]:
         """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
-        out, survive = [0.0], 1.0
+        out, survive, total = [0.0], 1.0, 0.0
+        rates, rate = self._rates, self.rate
         for d in range(length):
-            survive *= self.rate(d)
-            out.append(out[-1] + survive)
+            r = rates[d]
+            survive *= rate(d) if r is None else r
+            total += survive
+            out.append(total)
         return out
 
 
@@ -266,7 +275,7 @@ class SpeculationPolicy:
         earlier occurrences that continued with the chain's first token; empty/0 = no
         match) and the context length the step's rows attend to (`depth`; None = the
         curve's own)."""
-        chain_tokens = [int(t) for t in chain[:self.max_chain]]
+        chain_tokens = chain[:self.max_chain].tolist()
         bucket = (match_bucket(match_n), agreement >= UNANIMOUS, min(self._streak, MAX_STREAK)) \
             if chain_tokens else None
         if bucket:
@@ -274,11 +283,12 @@ class SpeculationPolicy:
         gains = self.ngram[bucket].expected_accepted(len(chain_tokens)) if bucket else [0.0]
         first_hit = self.ngram[bucket].rate(0) if bucket else 0.0
         # Plain floats in the loop: this runs every step, next to a ~5-30 ms decode, and on
-        # most steps of most prompts it ends at plain decoding.
-        costs = self._costs_up_to(n_deferred + max(self.tree_sizes, default=1) + len(gains))
+        # most steps of most prompts it ends at plain decoding. Only the row counts this
+        # step can use are priced at its context length.
+        n_rows = n_deferred + max(self.tree_sizes, default=1) + len(gains)
+        base = self._costs_up_to(n_rows)
         row_extra = 0.0 if depth is None else self.curve.row_extra(depth)
-        if row_extra:
-            costs = [c + rows * row_extra for rows, c in enumerate(costs)]
+        costs = [base[rows] + rows * row_extra for rows in range(n_rows)] if row_extra else base
         overhead = self._draft_overhead
         best_rate, best = SPECULATION_MARGIN / costs[n_deferred + 1], (1, 0, 1.0)
         for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:
@@ -349,7 +359,7 @@ class SpeculationPolicy:
             except (KeyError, ValueError, TypeError):
                 continue
             if len(trials) == len(hits) == MAX_DEPTH and all(0 <= h <= t for h, t in zip(hits, trials)):
-                stats.trials, stats.hits = trials, hits
+                stats.set_counts(trials, hits)
         for size, counts in learned.get("trees", {}).items():
             try:
                 stat, (total, count) = self.trees[int(size)], counts

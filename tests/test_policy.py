@@ -126,7 +126,8 @@ def test_policy_rates_follow_recent_work(monkeypatch) -> None:
     assert policy.choose(CHAIN, 4).plain
 
 
-def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int) -> tuple[int, int]:
+def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int,
+                      depth: int | None = None) -> tuple[int, int]:
     """Every (tree, chain length) option scored without pruning: the reference for choose()."""
     chain = chain[:policy.max_chain]
     stats = policy.ngram[(match_bucket(match_n), True, min(policy._streak, pol.MAX_STREAK))] if len(chain) else None
@@ -134,7 +135,8 @@ def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int
     first_hit = stats.rate(0) if stats else 0.0
 
     def cost(rows: int) -> float:
-        return policy.curve.step_ms(rows, policy.verify_batch)
+        extra = 0.0 if depth is None else rows * policy.curve.row_extra(depth)
+        return policy.curve.step_ms(rows, policy.verify_batch) + extra
 
     best_rate, best = pol.SPECULATION_MARGIN / cost(n_deferred + 1), (1, 0)
     for t, tree_gain in [(1, 0.0)] + [(t, policy.trees[t].mean()) for t in policy.tree_sizes]:
@@ -148,14 +150,16 @@ def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int
 
 def test_policy_pruned_search_picks_what_the_exhaustive_one_does() -> None:
     """choose() skips trees whose best case already loses; on random (also non-monotone)
-    curves and acceptance histories it must still pick the option a full search picks."""
+    curves and acceptance histories, at context lengths shorter and longer than the curve's
+    (a per-row term of either sign), it must still pick the option a full search picks."""
     rng = np.random.default_rng(7)
     picked = set()
     for trial in range(60):
         sizes = [1, 2, 4, 8, 16, 32, 64]
         ratios = np.concatenate([[1.0], np.sort(rng.uniform(1.0, 1.0 + 0.9 * np.array(sizes[1:]) * rng.uniform(0.05, 1.2)))])
         ratios = ratios * rng.uniform(0.9, 1.1, size=len(ratios))  # measurement noise
-        policy = SpeculationPolicy(CostCurve(sizes=sizes, ms=list(10.0 * ratios)), verify_batch=int(rng.choice([8, 64])),
+        curve = CostCurve(sizes=sizes, ms=list(10.0 * ratios), depth=300, row_cell_ms=float(rng.choice([0.0, 0.003])))
+        policy = SpeculationPolicy(curve, verify_batch=int(rng.choice([8, 64])),
                                    max_tree=int(rng.choice([1, 16, 64])), max_chain=int(rng.integers(0, 40)))
         teach_ngram(policy, int(rng.integers(1, 70)), accept=float(rng.uniform(0.2, 0.99)), steps=50)
         for t in policy.tree_sizes:
@@ -164,8 +168,9 @@ def test_policy_pruned_search_picks_what_the_exhaustive_one_does() -> None:
             match_n = int(rng.integers(0, 70))
             chain = CHAIN[:int(rng.integers(1, 40))] if match_n else NO_MATCH
             n_deferred = int(rng.choice([0, 0, 1, 3]))
-            expected = exhaustive_choice(policy, chain, match_n, n_deferred)
-            choice = policy.choose(chain, match_n, n_deferred=n_deferred)
+            depth = None if trial % 3 == 0 else int(rng.integers(10, 3000))
+            expected = exhaustive_choice(policy, chain, match_n, n_deferred, depth)
+            choice = policy.choose(chain, match_n, n_deferred=n_deferred, depth=depth)
             assert (choice.tree_size, choice.draft_len) == expected
             picked.add(expected)
             policy.observe([int(chain[0]) if len(chain) else 1, 2])
