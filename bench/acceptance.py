@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
 
     resolved = Registry.load().resolve(args.model)
-    gen = Generator(resolved.path, EngineConfig(n_ctx=4096, n_threads=args.threads),
+    gen = Generator(resolved.path, EngineConfig(n_ctx=4096, n_threads=args.threads,
+                                                n_seq_max=max(tree for _, tree, _ in CONFIGS)),
                     chat_template=resolved.entry.chat_template)
     rows = [json.loads(line) for line in
             files("specdec_cli").joinpath("data/spec_bench_public.jsonl").read_text().splitlines()]

@@ -84,6 +84,7 @@ def bench(
     session = open_session(RunOptions(model=model, ctx=ctx, threads=threads, kv_cache=kv_cache, verbose=verbose,
                                       temperature=temp, top_k=top_k, top_p=top_p, seed=seed, exact=exact,
                                       max_tokens=max_tokens, gpu_layers=gpu_layers,
+                                      largest_tree=max([s.tree_size or 1 for s in specs]),
                                       # a method must not draft from what another one generated
                                       history=False),
                            progress=assembly_progress(not no_progress), built_in={"max_tokens": BENCH_MAX_TOKENS})

@@ -14,8 +14,9 @@ from .offload import parse_gpu_layers
 from .options import KV_CHOICES, EngineConfig, SamplingParams
 
 PREFILL_CHOICES = ("auto", "llama", "onnx")  # prefill.backend.PREFILL_MODES, without importing onnxruntime
-# llama.cpp reserves an output row per draft-tree branch (EngineConfig.n_seq_max) in a batch
-# of at most --ctx tokens; less aborts the process. The top is sanity, far above any model's.
+# llama.cpp reserves an output row per draft-tree branch (EngineConfig.n_seq_max: the tree
+# cap, 16 by default) in a batch of at most --ctx tokens; less aborts the process (a larger
+# --tree-size needs a larger context: LlamaContext says so). The top is sanity, far above any model's.
 MIN_CTX = 64
 MAX_CTX = 1 << 24
 INT32_MAX = (1 << 31) - 1  # --top-k reaches native code as a C int

@@ -176,18 +176,21 @@ class Generator:
         t0 = time.perf_counter()
         n_past = self._prefill(prompt, stats)
         stats.prefill_s = time.perf_counter() - t0
-        if self.history is not None and CHAIN_SOURCE[draft.mode] == "suffix":
+        # Plain decoding (also `auto` where drafts cannot pay) and recycling trees look no
+        # chain up: their context is not indexed.
+        chain_source = CHAIN_SOURCE[draft.mode] if draft_len > 0 else None
+        if self.history is not None and chain_source == "suffix":
             t_history = time.perf_counter()
             self.drafter.history = self.history.automaton_for(prompt)
             stats.draft_ms += (time.perf_counter() - t_history) * 1000
         else:
             self.drafter.history = None
         self.drafter.reset_context()
-        self.drafter.observe(prompt)
+        if chain_source is not None:
+            self.drafter.observe(prompt)
         root = int(prompt[-1])
         deferred: list[int] = []  # verified tokens whose KV cells are written in the next step
         policy = self._auto_policy(tree_size, draft_len) if draft.mode == "auto" and not plain else None
-        chain_source = CHAIN_SOURCE[draft.mode]
         t_decode = time.perf_counter()
         try:
             while len(out) < max_tokens:
@@ -239,7 +242,8 @@ class Generator:
                         break
                 if done:
                     break
-                self.drafter.observe(np.array(step.accepted, dtype=np.int32))
+                if chain_source is not None:
+                    self.drafter.observe(np.array(step.accepted, dtype=np.int32))
                 root = step.accepted[-1]
         except KeyboardInterrupt:
             finish = "interrupted"
@@ -300,6 +304,9 @@ class Generator:
         chain = draft.draft_len if CHAIN_SOURCE[draft.mode] else 0
         if tree < 1 or chain < 0:
             raise UsageError(f"{option('tree_size')} must be >= 1 and {option('draft_len')} >= 0")
+        if tree > self.config.n_seq_max:  # a bench method asking for a larger tree than its session
+            raise UsageError(f"{option('tree_size')} {tree} is more than the {self.config.n_seq_max} branches "
+                             f"this session was opened for")
         if tree + chain > self.config.n_batch:
             raise UsageError(f"{option('tree_size')} + {option('draft_len')} must fit one batch "
                              f"({self.config.n_batch})")

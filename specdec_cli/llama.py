@@ -262,11 +262,13 @@ class LlamaContext:
                 raise UsageError(f"unknown KV cache type {name!r} (choose from {', '.join(KV_CACHE_TYPES)})")
         self.model = model
         self.config = config
-        # llama.cpp reserves an output row per sequence in every batch, and caps a batch at
-        # the context size: a smaller context aborts the process (GGML_ASSERT in output_reserve).
+        # llama.cpp reserves an output row per sequence (a draft-tree branch) in every batch,
+        # and caps a batch at the context size: a smaller context aborts the process
+        # (GGML_ASSERT in output_reserve).
         if min(config.n_ctx, config.n_batch) < config.n_seq_max:
             raise UsageError(f"{option('n_ctx')} {config.n_ctx} is too small: the smallest context that works is "
-                             f"{config.n_seq_max} tokens")
+                             f"{config.n_seq_max} tokens, one per branch of a {option('tree_size')} "
+                             f"{config.n_seq_max} tree")
         params = lc.llama_context_default_params()
         params.n_ctx = config.n_ctx
         params.n_batch = config.n_batch

@@ -53,6 +53,7 @@ class RunOptions:
     max_tokens: int | None = None
     system: str | None = None
     history: bool = True  # draft from, and add to, this model's history of earlier runs
+    largest_tree: int = 1  # the largest --tree-size a generation asks for besides `tree_size` (bench methods)
     gpu_layers: str = "auto"  # "auto" | "all" | a count (offload.plan_offload)
 
 
@@ -159,7 +160,7 @@ def open_session(options: RunOptions, progress: Progress | None = None, *,
     draft = DraftSettings(mode=options.draft, tree_size=options.tree_size, draft_len=options.draft_len)
     config = EngineConfig(n_ctx=options.ctx, n_threads=options.threads, exact=options.exact, kv_k=kv_k, kv_v=kv_v,
                           verbose=options.verbose, prefill=options.prefill, ep=options.ep,
-                          gpu_layers=options.gpu_layers)
+                          gpu_layers=options.gpu_layers, n_seq_max=max(draft.tree_size, options.largest_tree))
     matrix = cache_dir() / "recycling" / f"{file_sha256(resolved.path)}.matrix"
     try:
         generator = Generator(resolved.path, config,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from specdec_cli.cli_options import MIN_CTX
+from specdec_cli.drafting import DraftSettings
 from specdec_cli.errors import UsageError
 from specdec_cli.options import EngineConfig
 
@@ -38,8 +39,9 @@ def _run_bytes(specdec_env, tmp_path: Path, *args: str | bytes, input: bytes | N
 # --- item 1: a context too small for llama.cpp ----------------------------------------------
 
 
-def test_min_ctx_is_the_engine_limit() -> None:
-    assert MIN_CTX == EngineConfig.n_seq_max
+def test_min_ctx_holds_the_default_trees_branches() -> None:
+    # llama.cpp needs a context of at least one row per sequence (EngineConfig.n_seq_max).
+    assert MIN_CTX >= EngineConfig.n_seq_max == DraftSettings.tree_size
 
 
 @pytest.mark.parametrize("command", ["run", "chat"])
@@ -56,8 +58,8 @@ def test_library_refuses_a_tiny_context_instead_of_aborting(smollm2_gguf: Path, 
     from specdec_cli.generator import Generator
 
     monkeypatch.setenv("SPECDEC_CACHE_DIR", str(shared_cache_dir))
-    with pytest.raises(UsageError, match=str(MIN_CTX)):
-        Generator(smollm2_gguf, EngineConfig(n_ctx=32))
+    with pytest.raises(UsageError, match="smallest context that works is 64 tokens"):
+        Generator(smollm2_gguf, EngineConfig(n_ctx=32, n_seq_max=64))
 
 
 @pytest.mark.slow
@@ -79,7 +81,7 @@ def test_prompt_longer_than_a_batch_in_a_small_context(run_specdec) -> None:
 def test_draft_larger_than_a_small_context_batch(run_specdec) -> None:
     result = run_specdec("run", "hi", "--ctx", "128", "--draft", "hybrid", "--tree-size", "200",
                          "--max-tokens", "4")
-    _usage_error(result, "batch")
+    _usage_error(result, "--tree-size")
 
 
 def test_context_past_the_training_context(run_specdec) -> None:

@@ -140,3 +140,31 @@ def test_models_toml_defaults_reach_the_engine_and_options_override_them(dirs: P
         assert (key.engine, key.kv_k, key.kv_v) == ("exact", "f16", "q8_0")
     finally:
         session.close()
+
+
+@pytest.mark.slow
+def test_the_context_has_a_sequence_per_tree_branch_and_no_more(dirs: Path) -> None:
+    """llama.cpp books every KV cell into each sequence of the context (45 us per one-row
+    step on SmolLM2 with 64 against 1): a session opens as many as its largest tree has
+    branches, and a generation asking for a larger tree is refused naming the option."""
+    from specdec_cli.drafting import DraftSettings
+
+    session = open_session(RunOptions(tree_size=4, history=False, max_tokens=4))
+    try:
+        assert session.generator.config.n_seq_max == 4
+        tokens = session.prompt_tokens("Count to five.")
+        for tree in (1, 4):
+            assert session.generator.generate(tokens, max_tokens=4, draft=DraftSettings("recycling", tree, 0)).tokens
+        with pytest.raises(UsageError, match="tree_size 8 is more than the 4 branches"):
+            session.generator.generate(tokens, max_tokens=4, draft=DraftSettings("recycling", 8, 0))
+    finally:
+        session.close()
+    # The bench opens one session for all its methods: room for the largest tree, while
+    # methods without their own size keep the default caps.
+    session = open_session(RunOptions(largest_tree=32, history=False, max_tokens=4))
+    try:
+        assert session.generator.config.n_seq_max == 32 and session.draft.tree_size == DraftSettings.tree_size
+        tokens = session.prompt_tokens("Count to five.")
+        assert session.generator.generate(tokens, max_tokens=4, draft=DraftSettings("recycling", 32, 0)).tokens
+    finally:
+        session.close()
