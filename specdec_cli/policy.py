@@ -202,10 +202,8 @@ class _DepthStats:
     def expected_accepted(self, length: int) -> list[float]:
         """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
         out, survive, total = [0.0], 1.0, 0.0
-        rates, rate = self._rates, self.rate
         for d in range(length):
-            r = rates[d]
-            survive *= rate(d) if r is None else r
+            survive *= self.rate(d)
             total += survive
             out.append(total)
         return out

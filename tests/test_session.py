@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from specdec_cli.drafting import DraftSettings
 from specdec_cli.errors import UsageError
 from specdec_cli.models_file import DEFAULTABLE_OPTIONS
 from specdec_cli.session import BUILT_IN_DEFAULTS, TOML_KEYS, RunOptions, learned_path, open_session, resolve_options
@@ -147,8 +148,6 @@ def test_the_context_has_a_sequence_per_tree_branch_and_no_more(dirs: Path) -> N
     """llama.cpp books every KV cell into each sequence of the context (45 us per one-row
     step on SmolLM2 with 64 against 1): a session opens as many as its largest tree has
     branches, and a generation asking for a larger tree is refused naming the option."""
-    from specdec_cli.drafting import DraftSettings
-
     session = open_session(RunOptions(tree_size=4, history=False, max_tokens=4))
     try:
         assert session.generator.config.n_seq_max == 4
