@@ -19,7 +19,9 @@ one pass over the set), `auto` drafting from the n-gram index instead of the suf
 drafter (fresh), `ngram-simple`-like (match >= 12 tokens: draft 48),
 `ngram-mod`-like (match >= 24 and >= 48 tokens known: draft up to 64) and the oracle
 (each step the best chain length knowing how far the chain is right: an upper bound for
-chain drafting from this lookup). `auto`'s replays learn and apply the answer's substitutions
+chain drafting from this lookup), and a drafter that knows the answer (each step the longest
+prefix of the rest of the output found anywhere in the text so far: a bound for any copying
+drafter). `auto`'s replays learn and apply the answer's substitutions
 as the engine does (substitutions.py); llama-server's rules and the oracle draft the plain
 lookup. Recycling trees are not replayed (they need the model).
 """
@@ -34,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specdec_cli.drafting import Drafter, DraftSettings
+from specdec_cli import _native as nat
+from specdec_cli.drafting import AUTO_DRAFT_LEN, Drafter, DraftSettings
 from specdec_cli.policy import SPECULATIVE_STEP_OVERHEAD, CostCurve, SpeculationPolicy
 
 MAX_CHAIN = 64
@@ -125,6 +128,42 @@ def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: s
             "plain_ms": sum(cost(1, len(record["prompt"]) + j) for j in range(len(out)))}
 
 
+def copy_bound(record: dict, curve: CostCurve, max_tokens: int | None = None) -> dict:
+    """Simulated decode by a drafter that knows the answer: each step drafts the longest
+    prefix of the rest of the output that occurs anywhere in the text so far (prompt and
+    output), up to MAX_CHAIN tokens, and verifies the length that the curve makes fastest.
+    No copying drafter can beat it on these outputs; it bounds what any lookup or policy
+    could still gain."""
+    out = record["output"]
+    text = nat.SuffixAutomaton()
+    text.extend(np.array(record["prompt"], dtype=np.int32))
+    overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
+    i, ms, steps, rows = 0, 0.0, 0, 0
+
+    def cost(rows: int, depth: int) -> float:
+        return curve.at(rows) + rows * curve.row_extra(depth) + (overhead if rows > 1 else 0.0)
+
+    while i < len(out):
+        depth = len(record["prompt"]) + i
+        limit = MAX_CHAIN if max_tokens is None else min(MAX_CHAIN, max_tokens - i - 1)
+        text.follow_reset()
+        known = 0  # how far the rest of the output is a substring of the text so far
+        while known < limit and i + known < len(out):
+            text.follow(np.array([out[i + known]], dtype=np.int32))
+            if text.lookup_followed(0)[2] != known + 1:
+                break
+            known += 1
+        length = max(range(known + 1), key=lambda d: (1 + d) / cost(d + 1, depth))
+        produced = out[i:i + length + 1]
+        ms += cost(length + 1, depth)
+        rows += length + 1
+        steps += 1
+        text.extend(np.array(produced, dtype=np.int32))
+        i += len(produced)
+    return {"ms": ms, "steps": steps, "rows": rows, "tokens": len(out),
+            "plain_ms": sum(cost(1, len(record["prompt"]) + j) for j in range(len(out)))}
+
+
 def summarize(runs: list[dict]) -> dict:
     return {"tok_s": statistics.fmean(r["tokens"] / r["ms"] * 1000 for r in runs),
             "x_plain": statistics.fmean(r["plain_ms"] / r["ms"] for r in runs),
@@ -145,7 +184,7 @@ def replay_all(args) -> int:
 
     def chain_policy() -> SpeculationPolicy:  # `auto` without trees (they need the model)
         return SpeculationPolicy(curve, verify_batch=profile.verify_batch, max_tree=1,
-                                 max_chain=DraftSettings.draft_len)
+                                 max_chain=AUTO_DRAFT_LEN)
 
     policy = chain_policy()
     start = "fresh"
@@ -167,6 +206,7 @@ def replay_all(args) -> int:
     runs["ngram-simple-like"] = [replay(r, FixedRule(12, 48), curve, max_tokens=cap) for r in records]
     runs["ngram-mod-like"] = [replay(r, FixedRule(24, 64, min_known=48), curve, max_tokens=cap) for r in records]
     runs["oracle (chain <= 64)"] = [replay(r, None, curve, oracle=True, max_tokens=cap) for r in records]
+    runs["knows the answer"] = [copy_bound(r, curve, max_tokens=cap) for r in records]
     results = {name: summarize(rs) for name, rs in runs.items()}
     print(f"{data['model']}, {len(records)} recorded outputs, curve {profile.device}; "
           f"plain decoding {plain:.1f} tok/s")

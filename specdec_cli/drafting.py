@@ -46,15 +46,30 @@ FENCE_SPELLINGS = ("```", "``", " ```", " ``", "```\n", "``\n", " ```\n", "```\n
                    "```python")
 
 
+# The longest chain a mode drafts unless --draft-len says otherwise. A fixed mode verifies
+# its whole chain at every match, so its cap is what each step pays; `auto` verifies what
+# the policy picks, so its cap only bounds the choice. With llama.cpp's repacked weights a
+# 64-row step costs ~25 one-row steps on a 2-core CPU (Qwen2.5-Coder-1.5B), and a copy
+# that runs on is worth it: replayed over 48 edit answers, `auto` with chains up to 64
+# made 1.72x plain decoding against 1.68x with up to 32 (Spec-Bench unchanged;
+# bench/RESULTS.md).
+FIXED_DRAFT_LEN = 32
+AUTO_DRAFT_LEN = 64
+
+
 @dataclass
 class DraftSettings:
-    """The defaults are the product's: `auto`, with the caps it may use. With llama.cpp's
-    repacked weights a 16-32-row step costs 6-10 one-row steps, so a long exact match is
-    worth a long chain (policy.py decides each step)."""
+    """The defaults are the product's: `auto`, with the caps it may use."""
 
     mode: str = "auto"
     tree_size: int = 16  # recycling tree nodes, root included
-    draft_len: int = 32  # longest chain drafted
+    draft_len: int | None = None  # longest chain drafted; None: the mode's own (chain_cap)
+
+    @property
+    def chain_cap(self) -> int:
+        if self.draft_len is not None:
+            return self.draft_len
+        return AUTO_DRAFT_LEN if self.mode == "auto" else FIXED_DRAFT_LEN
 
 
 @dataclass

@@ -301,7 +301,9 @@ class Generator:
     def _resolve_sizes(self, draft: DraftSettings) -> tuple[int, int]:
         """Tree nodes (root included) and chain length for a mode (for `auto`: the caps)."""
         tree = draft.tree_size if draft.mode in USES_TREE else 1
-        chain = draft.draft_len if CHAIN_SOURCE[draft.mode] else 0
+        chain = draft.chain_cap if CHAIN_SOURCE[draft.mode] else 0
+        if draft.draft_len is None:  # the mode's own cap shrinks to a small context's batch
+            chain = max(0, min(chain, self.config.n_batch - tree))
         if tree < 1 or chain < 0:
             raise UsageError(f"{option('tree_size')} must be >= 1 and {option('draft_len')} >= 0")
         if tree > self.config.n_seq_max:  # a bench method asking for a larger tree than its session

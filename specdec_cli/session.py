@@ -180,7 +180,7 @@ def open_session(options: RunOptions, progress: Progress | None = None, *,
                      backend=generator.offload.backend, gpu_layers=generator.offload.n_gpu_layers)
     profile = load_profile(key.path())
     generator.policy = policy_from_profile(profile, generator.verify_batch,
-                                           max_tree=draft.tree_size, max_chain=draft.draft_len)
+                                           max_tree=draft.tree_size, max_chain=draft.chain_cap)
     generator.use_measured_prefill(profile.prefill if profile is not None else None)
     generator.policy.restore(_read_json(learned_path(key)))
     return Session(alias=resolved.alias, generator=generator, sampling=sampling, draft=draft, profile_key=key,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from specdec_cli import _native as nat
-from specdec_cli.drafting import CHAIN_SOURCE, DRAFT_MODES, MATRIX_K, USES_TREE, Drafter, DraftSettings
+from specdec_cli.drafting import (AUTO_DRAFT_LEN, CHAIN_SOURCE, DRAFT_MODES, FIXED_DRAFT_LEN, MATRIX_K, USES_TREE,
+                                  Drafter, DraftSettings)
 from specdec_cli.options import EngineConfig
 
 from native_inputs import i32
@@ -41,8 +42,16 @@ def test_default_settings_are_auto_within_one_decode_call():
     engine = EngineConfig()
     # The largest step the defaults allow (the tree plus a chain grafted on it) is one batch,
     # and the tree's branches fit the context's sequences.
-    assert settings.tree_size + settings.draft_len <= engine.n_batch
+    assert settings.tree_size + settings.chain_cap <= engine.n_batch
     assert settings.tree_size <= engine.n_seq_max
+
+
+def test_auto_may_pick_longer_chains_than_a_fixed_mode_verifies():
+    # A fixed mode verifies its whole chain at every match; auto picks from up to its cap.
+    assert DraftSettings().chain_cap == AUTO_DRAFT_LEN == 64
+    assert DraftSettings(mode="suffix").chain_cap == DraftSettings(mode="ngram").chain_cap == FIXED_DRAFT_LEN == 32
+    assert DraftSettings(mode="auto", draft_len=8).chain_cap == 8
+    assert DraftSettings(mode="hybrid", draft_len=0).chain_cap == 0
 
 
 def test_ngram_chain_continues_the_most_recent_occurrence():

@@ -160,13 +160,13 @@ def test_policy_pruned_search_picks_what_the_exhaustive_one_does() -> None:
         ratios = ratios * rng.uniform(0.9, 1.1, size=len(ratios))  # measurement noise
         curve = CostCurve(sizes=sizes, ms=list(10.0 * ratios), depth=300, row_cell_ms=float(rng.choice([0.0, 0.003])))
         policy = SpeculationPolicy(curve, verify_batch=int(rng.choice([8, 64])),
-                                   max_tree=int(rng.choice([1, 16, 64])), max_chain=int(rng.integers(0, 40)))
+                                   max_tree=int(rng.choice([1, 16, 64])), max_chain=int(rng.integers(0, 65)))
         teach_ngram(policy, int(rng.integers(1, 70)), accept=float(rng.uniform(0.2, 0.99)), steps=50)
         for t in policy.tree_sizes:
             policy.trees[t].add(float(rng.uniform(0, 4)))
         for _ in range(5):
             match_n = int(rng.integers(0, 70))
-            chain = CHAIN[:int(rng.integers(1, 40))] if match_n else NO_MATCH
+            chain = CHAIN[:int(rng.integers(1, 65))] if match_n else NO_MATCH
             n_deferred = int(rng.choice([0, 0, 1, 3]))
             depth = None if trial % 3 == 0 else int(rng.integers(10, 3000))
             expected = exhaustive_choice(policy, chain, match_n, n_deferred, depth)

@@ -207,6 +207,16 @@ def test_models_toml_defaults_apply_unless_a_flag_is_given(run_specdec, specdec_
     assert len(doc["tokens"]) <= 1 and doc["stats"]["draft_len"] == 2 and doc["stats"]["seed"] is None
 
 
+def test_auto_may_verify_chains_of_64_where_fixed_modes_draft_32(run_specdec):
+    # --json stats name the cap each generation ran with: auto's own unless --draft-len is given.
+    caps = {}
+    for draft in ("auto", "suffix"):
+        result = run_specdec("run", "hi", "--max-tokens", "2", "--draft", draft, "--json")
+        assert result.returncode == 0, result.stderr
+        caps[draft] = json.loads(result.stdout)["stats"]["draft_len"]
+    assert caps == {"auto": 64, "suffix": 32}
+
+
 def test_gguf_path_as_model(run_specdec, smollm2_gguf: Path):
     result = run_specdec("run", "hi", *SHORT, "-m", str(smollm2_gguf), "--json")
     assert result.returncode == 0, result.stderr
