@@ -20,8 +20,8 @@ drafter (fresh), `ngram-simple`-like (match >= 12 tokens: draft 48),
 `ngram-mod`-like (match >= 24 and >= 48 tokens known: draft up to 64) and the oracle
 (each step the best chain length knowing how far the chain is right: an upper bound for
 chain drafting from this lookup), and a drafter that knows the answer (each step the longest
-prefix of the rest of the output found anywhere in the text so far: a bound for any copying
-drafter). `auto`'s replays learn and apply the answer's substitutions
+prefix of the rest of the output found anywhere in the text so far: a bound for verbatim
+copying). `auto`'s replays learn and apply the answer's substitutions
 as the engine does (substitutions.py); llama-server's rules and the oracle draft the plain
 lookup. Recycling trees are not replayed (they need the model).
 """
@@ -132,8 +132,9 @@ def copy_bound(record: dict, curve: CostCurve, max_tokens: int | None = None) ->
     """Simulated decode by a drafter that knows the answer: each step drafts the longest
     prefix of the rest of the output that occurs anywhere in the text so far (prompt and
     output), up to MAX_CHAIN tokens, and verifies the length that the curve makes fastest.
-    No copying drafter can beat it on these outputs; it bounds what any lookup or policy
-    could still gain."""
+    No drafter that copies verbatim can beat it on these outputs (learned substitutions,
+    which rewrite a copy, can on renames); it bounds what any lookup or policy could still
+    gain."""
     out = record["output"]
     text = nat.SuffixAutomaton()
     text.extend(np.array(record["prompt"], dtype=np.int32))
