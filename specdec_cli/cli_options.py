@@ -89,7 +89,8 @@ TreeSize = Annotated[Optional[int], typer.Option(envvar=_env("tree-size"), min=1
                                                  help="Draft tree nodes (root included) for recycling/hybrid; "
                                                       "the most auto may use.")]
 DraftLen = Annotated[Optional[int], typer.Option(envvar=_env("draft-len"), min=0, max=64,
-                                                 show_default=f"{AUTO_DRAFT_LEN} for auto, {FIXED_DRAFT_LEN} for the others",
+                                                 show_default=f"{AUTO_DRAFT_LEN} for auto, "
+                                                              f"{FIXED_DRAFT_LEN} for the others",
                                                  help="Longest copied chain drafted (ngram, suffix, hybrid); the "
                                                       "most auto may use.")]
 _KV_DEFAULT = "f16; with --exact K f16, V q8_0"
