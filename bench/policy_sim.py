@@ -99,12 +99,7 @@ def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: s
     policy = rule.policy if isinstance(rule, PolicyRule) else None
     if policy is not None:
         policy.reset()
-    overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
     i, ms, steps, rows = 0, 0.0, 0, 0
-
-    def cost(rows: int, depth: int) -> float:  # a step of `rows` rows after `depth` cells
-        return curve.at(rows) + rows * curve.row_extra(depth) + (overhead if rows > 1 else 0.0)
-
     while i < len(out):
         depth = len(record["prompt"]) + i
         found = drafter.lookup(source, MAX_CHAIN if max_tokens is None else min(MAX_CHAIN, max_tokens - i - 1))
@@ -113,19 +108,18 @@ def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: s
         while right < len(chain) and i + right < len(out) and chain[right] == out[i + right]:
             right += 1
         if oracle:
-            length = max(range(len(chain) + 1), key=lambda d: (1 + min(right, d)) / cost(d + 1, depth))
+            length = max(range(len(chain) + 1), key=lambda d: (1 + min(right, d)) / step_cost(curve, d + 1, depth))
         else:
             length = rule.chain_length(chain, found.match_length, found.agreement, depth)
         produced = out[i:i + min(right, length) + 1]
         if policy is not None:
             policy.observe(produced)
-        ms += cost(length + 1, depth)
+        ms += step_cost(curve, length + 1, depth)
         rows += length + 1
         steps += 1
         drafter.observe(np.array(produced, dtype=np.int32))
         i += len(produced)
-    return {"ms": ms, "steps": steps, "rows": rows, "tokens": len(out),
-            "plain_ms": sum(cost(1, len(record["prompt"]) + j) for j in range(len(out)))}
+    return replayed(record, curve, ms, steps, rows)
 
 
 def copy_bound(record: dict, curve: CostCurve, max_tokens: int | None = None) -> dict:
@@ -138,12 +132,7 @@ def copy_bound(record: dict, curve: CostCurve, max_tokens: int | None = None) ->
     out = record["output"]
     text = nat.SuffixAutomaton()
     text.extend(np.array(record["prompt"], dtype=np.int32))
-    overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
     i, ms, steps, rows = 0, 0.0, 0, 0
-
-    def cost(rows: int, depth: int) -> float:
-        return curve.at(rows) + rows * curve.row_extra(depth) + (overhead if rows > 1 else 0.0)
-
     while i < len(out):
         depth = len(record["prompt"]) + i
         limit = MAX_CHAIN if max_tokens is None else min(MAX_CHAIN, max_tokens - i - 1)
@@ -154,15 +143,28 @@ def copy_bound(record: dict, curve: CostCurve, max_tokens: int | None = None) ->
             if text.lookup_followed(0)[2] != known + 1:
                 break
             known += 1
-        length = max(range(known + 1), key=lambda d: (1 + d) / cost(d + 1, depth))
+        length = max(range(known + 1), key=lambda d: (1 + d) / step_cost(curve, d + 1, depth))
         produced = out[i:i + length + 1]
-        ms += cost(length + 1, depth)
+        ms += step_cost(curve, length + 1, depth)
         rows += length + 1
         steps += 1
         text.extend(np.array(produced, dtype=np.int32))
         i += len(produced)
-    return {"ms": ms, "steps": steps, "rows": rows, "tokens": len(out),
-            "plain_ms": sum(cost(1, len(record["prompt"]) + j) for j in range(len(out)))}
+    return replayed(record, curve, ms, steps, rows)
+
+
+def step_cost(curve: CostCurve, rows: int, depth: int) -> float:
+    """A replayed step of `rows` rows after `depth` cells of context; a speculative one also
+    pays drafting's overhead."""
+    overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1) if rows > 1 else 0.0
+    return curve.at(rows) + rows * curve.row_extra(depth) + overhead
+
+
+def replayed(record: dict, curve: CostCurve, ms: float, steps: int, rows: int) -> dict:
+    """A replay's totals, with what plain decoding would have spent on the same output."""
+    depth = len(record["prompt"])
+    return {"ms": ms, "steps": steps, "rows": rows, "tokens": len(record["output"]),
+            "plain_ms": sum(step_cost(curve, 1, depth + j) for j in range(len(record["output"])))}
 
 
 def summarize(runs: list[dict]) -> dict:
