@@ -95,6 +95,7 @@ def replay(record: dict, rule, curve: CostCurve, oracle: bool = False, source: s
     # llama-server's rules and the oracle draft the plain lookup: no learned substitutions.
     drafter = Drafter(n_vocab=1, stop_tokens=np.array(stop_tokens or [], dtype=np.int32),
                       substitutions=isinstance(rule, PolicyRule))
+    drafter.reset_context(indexed=(source,))
     drafter.observe(np.array(record["prompt"], dtype=np.int32))
     policy = rule.policy if isinstance(rule, PolicyRule) else None
     if policy is not None:

@@ -274,6 +274,14 @@ void bind_trees(nb::module_& m) {
         "repeated candidates dropped with their subtrees) plus `chain` grafted as a branch from the root.");
 
     m.def(
+        "chain_before_stop",
+        [](InVector<std::int32_t> chain, InVector<std::int32_t> stops) {
+            return chain_before_stop(span_of(chain), span_of(stops));
+        },
+        "chain"_a, "stops"_a,
+        "How many leading tokens of `chain` come before the first one in `stops` (len(chain) when none is).");
+
+    m.def(
         "layout_tree",
         [](InVector<std::int32_t> parents, std::int32_t n_past, std::int32_t n_seq_max) {
             TreeBatchLayout layout;

@@ -145,4 +145,13 @@ DraftTree build_draft_tree(std::int32_t root_token, const RecyclingMatrix* matri
     return builder.finish();
 }
 
+std::size_t chain_before_stop(Span<std::int32_t> chain, Span<std::int32_t> stops) {
+    for (std::size_t i = 0; i < chain.size; ++i) {
+        for (const std::int32_t stop : stops) {
+            if (chain[i] == stop) return i;
+        }
+    }
+    return chain.size;
+}
+
 }  // namespace specdec

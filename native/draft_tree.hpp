@@ -3,6 +3,7 @@
 // prompt-lookup continuation (Saxena 2023) grafted on as one more branch from the root.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -26,5 +27,12 @@ struct DraftTree {
 DraftTree build_draft_tree(std::int32_t root_token, const RecyclingMatrix* matrix,
                            Span<std::int32_t> template_parents, Span<std::int32_t> template_ranks,
                            Span<std::int32_t> chain);
+
+// How many leading tokens of `chain` come before the first one listed in `stops` (all of
+// them when none is): a drafted chain ends just before a stop token. `stops` is a handful
+// of tokens (a model's code-fence tokens), so a scan beats a set. Runs at every step: as
+// three numpy calls after a decode had flushed the caches it cost 25-30 us on SmolLM2,
+// 0.3% of the step.
+std::size_t chain_before_stop(Span<std::int32_t> chain, Span<std::int32_t> stops);
 
 }  // namespace specdec

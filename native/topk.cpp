@@ -68,8 +68,11 @@ void consider_range(const float* row, std::size_t begin, std::size_t end, TopBuf
 
 std::size_t auto_thread_count(const MatrixView<float>& logits) {
     const std::size_t by_size = logits.rows * logits.cols / kMinValuesPerThread;
-    const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
-    return std::max<std::size_t>(1, std::min({by_size, cores, kMaxAutoThreads}));
+    if (by_size <= 1) return 1;  // every decode step's read-out: no need to ask for the cores
+    // Asked once: glibc reads /sys/devices/system/cpu/online at every call, which cost
+    // ~50 us of each step's top-k on SmolLM2 (2-core CPU) when asked every time.
+    static const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
+    return std::min({by_size, cores, kMaxAutoThreads});
 }
 
 void topk_row_range(MatrixView<float> logits, std::size_t k, std::size_t begin, std::size_t end,

@@ -35,6 +35,7 @@ NGRAM_MAX_N = 4
 # Where each mode's chain comes from, and whether it grows a recycling tree.
 CHAIN_SOURCE = {"none": None, "ngram": "ngram", "suffix": "suffix", "recycling": None, "hybrid": "ngram",
                 "auto": "suffix"}
+CHAIN_SOURCES = ("ngram", "suffix")
 USES_TREE = {"recycling", "hybrid", "auto"}
 # A chain stops before any token holding part of a code fence. An answer that copies a code
 # block out of its prompt leaves the copy at the closing fence (the prompt goes on with the
@@ -119,10 +120,15 @@ class Drafter:
         self.stop_tokens = np.zeros(0, dtype=np.int32) if stop_tokens is None else stop_tokens
         self.matrix = matrix if matrix is not None else nat.RecyclingMatrix(n_vocab, MATRIX_K)
         self._templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._indexed = CHAIN_SOURCES
 
-    def reset_context(self) -> None:
+    def reset_context(self, indexed: tuple[str, ...] = CHAIN_SOURCES) -> None:
+        """A new context, indexed for the lookups of the sources in `indexed`: a generation
+        looks chains up from one source, and extending the other index too cost ~5 us of
+        every step."""
         self.context.ngram.reset()
         self.context.suffix.reset()
+        self._indexed = indexed
         if self.history is not None:
             self.history.follow_reset()
         if self.substitutions is not None:
@@ -131,8 +137,10 @@ class Drafter:
     def observe(self, tokens: np.ndarray) -> None:
         """Append accepted tokens (the root included) to the context."""
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        self.context.ngram.extend(tokens)
-        self.context.suffix.extend(tokens)
+        if "ngram" in self._indexed:
+            self.context.ngram.extend(tokens)
+        if "suffix" in self._indexed:
+            self.context.suffix.extend(tokens)
         if self.history is not None:
             self.history.follow(tokens)
         if self.substitutions is not None:
@@ -149,6 +157,8 @@ class Drafter:
         answer's substitutions applied)."""
         if source is None or max_len <= 0:
             return NO_LOOKUP
+        if source not in self._indexed:
+            raise ValueError(f"the context is not indexed for {source!r} lookups")
         if source == "ngram":
             tokens, n = self.context.ngram.lookup(max_len)
             return self._before_stop(Lookup(tokens, n, 1.0, "context" if n else ""))  # no counts: unanimous
@@ -166,13 +176,12 @@ class Drafter:
         return found
 
     def _before_stop(self, found: Lookup) -> Lookup:
-        # A chain of <= 64 tokens against a handful of stop tokens: one broadcast compare
-        # (4 us a step; np.isin's general algorithm took 16).
-        stops = np.flatnonzero((found.tokens[:, None] == self.stop_tokens).any(axis=1)) \
-            if len(self.stop_tokens) and len(found.tokens) else ()
-        if not len(stops):
+        if not len(self.stop_tokens) or not len(found.tokens):
             return found
-        return Lookup(found.tokens[:stops[0]], found.match_length, found.agreement, found.origin)
+        n = nat.chain_before_stop(found.tokens, self.stop_tokens)
+        if n == len(found.tokens):
+            return found
+        return Lookup(found.tokens[:n], found.match_length, found.agreement, found.origin)
 
     def draft(self, root: int, chain: np.ndarray, tree_size: int) -> DraftTree:
         """A tree of at most `tree_size` recycling nodes (1: none) with `chain` grafted
@@ -210,6 +219,10 @@ def fence_tokens(tokenize: Callable[[str], np.ndarray], token_bytes: Callable[[i
     return np.array(sorted(found), dtype=np.int32)
 
 
+_ROOT_PARENTS = np.array([-1], dtype=np.int32)
+_ROOT_PARENTS.flags.writeable = False  # shared by every plain step's tree
+
+
 def single_node_tree(root: int) -> DraftTree:
     """Plain decoding as a tree: the root alone."""
-    return DraftTree(np.array([root], dtype=np.int32), np.array([-1], dtype=np.int32), 0)
+    return DraftTree(np.array([root], dtype=np.int32), _ROOT_PARENTS, 0)

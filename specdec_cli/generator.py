@@ -185,7 +185,7 @@ class Generator:
             stats.draft_ms += (time.perf_counter() - t_history) * 1000
         else:
             self.drafter.history = None
-        self.drafter.reset_context()
+        self.drafter.reset_context(indexed=(chain_source,) if chain_source is not None else ())
         if chain_source is not None:
             self.drafter.observe(prompt)
         root = int(prompt[-1])

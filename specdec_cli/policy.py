@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import mul
 
 import numpy as np
 
@@ -90,6 +92,8 @@ SPLIT_PRIOR_FACTOR = 0.7
 GENERATION_DECAY = 0.9
 LEARNED_VERSION = 1
 LEARNED_CAP = 2000.0
+# choose() prices chain lengths in blocks of this many (see there).
+PRICE_BLOCK = 8
 
 
 @dataclass
@@ -162,8 +166,8 @@ class Choice:
 class _DepthStats:
     """Per-depth conditional acceptance counts: over everything generated so far (with a
     Beta prior), and over the current generation alone, shrunk towards the former. The
-    rates are kept per depth and recomputed only where a count changed: choose() reads up
-    to max_chain of them every step, a handful of counts change per step."""
+    rates are kept per depth and recomputed only where a count changed (`_stale`): choose()
+    reads up to max_chain of them every step, a handful of counts change per step."""
 
     prior: float
     trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
@@ -171,6 +175,7 @@ class _DepthStats:
     local_trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     local_hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     _rates: list[float | None] = field(default_factory=lambda: [None] * MAX_DEPTH, repr=False)
+    _stale: set[int] = field(default_factory=lambda: set(range(MAX_DEPTH)), repr=False)
 
     def global_rate(self, depth: int) -> float:
         return (self.hits[depth] + self.prior * PRIOR_WEIGHT) / (self.trials[depth] + PRIOR_WEIGHT)
@@ -189,10 +194,12 @@ class _DepthStats:
             self.hits[depth] += 1
             self.local_hits[depth] += 1
         self._rates[depth] = None
+        self._stale.add(depth)
 
     def set_counts(self, trials: list[float], hits: list[float]) -> None:
         self.trials, self.hits = trials, hits
         self._rates = [None] * MAX_DEPTH
+        self._stale = set(range(MAX_DEPTH))
 
     def reset_local(self) -> None:
         self.local_trials = [0.0] * MAX_DEPTH
@@ -201,12 +208,12 @@ class _DepthStats:
 
     def expected_accepted(self, length: int) -> list[float]:
         """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
-        out, survive, total = [0.0], 1.0, 0.0
-        for d in range(length):
-            survive *= self.rate(d)
-            total += survive
-            out.append(total)
-        return out
+        for depth in self._stale:
+            self.rate(depth)
+        self._stale.clear()
+        # Survival products, then their running sums, the loops in C: a Python loop over 64
+        # depths was most of what choose() cost a step.
+        return [0.0, *accumulate(accumulate(self._rates[:length], mul))]
 
 
 @dataclass
@@ -239,6 +246,7 @@ class SpeculationPolicy:
         self.verify_batch = verify_batch
         self.measured = measured
         self._costs: list[float] = []  # step cost by row count, filled on demand
+        self._cheapest_from: list[float] = []
         self._draft_overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
         # Keyed by (match-length bucket, whether the earlier occurrences agreed, how many
         # steps in a row (0, 1, 2+) the lookup predicted the token the model then
@@ -281,33 +289,44 @@ class SpeculationPolicy:
         gains = self.ngram[bucket].expected_accepted(len(chain_tokens)) if bucket else [0.0]
         first_hit = self.ngram[bucket].rate(0) if bucket else 0.0
         # Plain floats in the loop: this runs every step, next to a ~5-30 ms decode, and on
-        # most steps of most prompts it ends at plain decoding. Only the row counts this
-        # step can use are priced at its context length.
+        # most steps of most prompts it ends at plain decoding. Each row count is priced
+        # at this step's context length (`row_extra`).
         n_rows = n_deferred + max(self.tree_sizes, default=1) + len(gains)
         base = self._costs_up_to(n_rows)
         row_extra = 0.0 if depth is None else self.curve.row_extra(depth)
-        costs = [base[rows] + rows * row_extra for rows in range(n_rows)] if row_extra else base
         overhead = self._draft_overhead
-        best_rate, best = SPECULATION_MARGIN / costs[n_deferred + 1], (1, 0, 1.0)
+        plain_rows = n_deferred + 1
+        best_rate, best = SPECULATION_MARGIN / (base[plain_rows] + plain_rows * row_extra), (1, 0, 1.0)
         for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:
-            first_d = 0 if t > 1 else 1
-            if first_d >= len(gains):
-                continue
-            # No chain length with this tree expects more than the longest chain plus the
-            # whole tree, nor costs less than the cheapest of their row counts: when even
-            # that bound loses, skip the tree.
-            cheapest = min(costs[n_deferred + t + first_d:n_deferred + t + len(gains)])
-            if (1.0 + gains[-1] + tree_gain) / (cheapest + overhead) <= best_rate:
-                continue
-            for d in range(first_d, len(gains)):
-                # A tree's alternatives only matter when the chain's first token is rejected.
-                expected = 1.0 + gains[d] + ((1.0 - first_hit) if d else 1.0) * tree_gain
-                rate = expected / (costs[n_deferred + t + d] + overhead)
-                if rate > best_rate:
-                    best_rate, best = rate, (t, d, expected)
+            rows0 = n_deferred + t  # the rows of this tree without a chain
+            # A tree's alternatives only matter when the chain's first token is rejected.
+            alt = (1.0 - first_hit) * tree_gain
+            # Chain lengths are priced in blocks. Gains grow with the length, so no chain
+            # from `start` on expects more than the longest, nor costs less than the cheapest
+            # row count from there on (`_cheapest_from`): when even that loses, no later
+            # block can win; a block whose own best case loses is skipped. Most steps price
+            # one block of PRICE_BLOCK lengths, or none, instead of all 64.
+            most = 1.0 + gains[-1] + tree_gain
+            last = rows0 + len(gains) - 1
+            for start in range(0 if t > 1 else 1, len(gains), PRICE_BLOCK):
+                rest = (self._cheapest_from[rows0 + start] + min((rows0 + start) * row_extra, last * row_extra)
+                        + overhead)
+                if rest > 0 and most / rest <= best_rate:
+                    break
+                end = min(start + PRICE_BLOCK, len(gains))
+                block = _cost_floor(base, rows0 + start, rows0 + end, row_extra) + overhead
+                if block > 0 and (1.0 + gains[end - 1] + (alt if start else tree_gain)) / block <= best_rate:
+                    continue
+                for d in range(start, end):
+                    rows = rows0 + d
+                    expected = 1.0 + gains[d] + (alt if d else tree_gain)
+                    rate = expected / (base[rows] + rows * row_extra + overhead)
+                    if rate > best_rate:
+                        best_rate, best = rate, (t, d, expected)
         t, d, expected = best
+        rows = n_deferred + t + d
         choice = Choice(tree_size=t, draft_len=d, expected_tokens=expected,
-                        cost_ms=costs[n_deferred + t + d] + (overhead if t + d > 1 else 0.0))
+                        cost_ms=base[rows] + rows * row_extra + (overhead if t + d > 1 else 0.0))
         self._pending = (choice, chain_tokens[:d])
         return choice
 
@@ -374,9 +393,12 @@ class SpeculationPolicy:
                 "tree_mean_accepted": {t: round(s.mean(), 3) for t, s in self.trees.items()}}
 
     def _costs_up_to(self, rows: int) -> list[float]:
-        """Step cost by row count, at least up to `rows`."""
-        while rows >= len(self._costs):
-            self._costs.append(self.curve.step_ms(len(self._costs), self.verify_batch))
+        """Step cost by row count, at least up to `rows` (and `_cheapest_from` as far)."""
+        if rows >= len(self._costs):
+            while rows >= len(self._costs):
+                self._costs.append(self.curve.step_ms(len(self._costs), self.verify_batch))
+            # _cheapest_from[k]: the cheapest step of k or more rows (of those priced).
+            self._cheapest_from = list(accumulate(reversed(self._costs), min))[::-1]
         return self._costs
 
     def _score_shadows(self, produced: list[int]) -> None:
@@ -403,6 +425,14 @@ class SpeculationPolicy:
                 alive.append(shadow)
         self._shadows = alive
         self._streak = self._streak + 1 if newest_hit else 0
+
+
+def _cost_floor(base: list[float], lo: int, hi: int, row_extra: float) -> float:
+    """At most the cost of any row count lo..hi-1 at the step's context length (each
+    base[rows] + rows * row_extra): the smallest base cost plus the smallest depth term.
+    Rounding is monotonic, so this holds for the computed costs too, and a choice bounded
+    with it is the one an exhaustive scan makes."""
+    return min(base[lo:hi]) + min(lo * row_extra, (hi - 1) * row_extra)
 
 
 def _recycling_prior(tree_size: int) -> float:

@@ -260,6 +260,11 @@ def build_tree(root: int, matrix: RecyclingMatrix | None, template_parents: list
 # --- batch layout: one llama_decode over the tree ------------------------------------------
 
 
+def chain_before_stop(chain: list[int], stops: list[int]) -> int:
+    """How many leading tokens of `chain` come before the first one in `stops`."""
+    return next((i for i, token in enumerate(chain) if token in stops), len(chain))
+
+
 def ancestors_or_self(parents: list[int], node: int) -> set[int]:
     found = set()
     while node != -1:

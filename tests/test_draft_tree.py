@@ -142,3 +142,15 @@ def test_build_tree_is_the_reference_tree_over_a_learning_matrix():
     assert native.filled_rows() == expected.filled_rows()
     assert all(native.row(t).tolist() == expected.row(t) for t in range(n_vocab))
     assert max(sizes) > 20 and min(sizes) == 1  # big trees and bare roots both occurred
+
+
+def test_chain_before_stop_matches_the_reference():
+    """A drafted chain ends just before its first stop token (a code fence): the native scan
+    against the reference, on chains with none, one and several stops, and without stops."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        chain = rng.integers(0, 12, size=int(rng.integers(0, 70))).astype(np.int32)
+        stops = rng.choice(12, size=int(rng.integers(0, 4)), replace=False).astype(np.int32)
+        assert nat.chain_before_stop(chain, stops) == reference.chain_before_stop(chain.tolist(), stops.tolist())
+    assert nat.chain_before_stop(i32(4, 5, 6, 5), i32(5)) == 1
+    assert nat.chain_before_stop(i32(4, 5, 6), i32()) == 3

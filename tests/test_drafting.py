@@ -154,6 +154,20 @@ def test_a_chain_ends_before_a_stop_token():
     assert stopped.lookup("suffix", 8).tokens.tolist() == []  # the fence itself is the model's to write
 
 
+def test_a_context_indexed_for_one_source_is_looked_up_only_from_it():
+    """A generation indexes its context for its own mode's lookups only; asking the other
+    index is an error, not an empty chain that would read as "no match"."""
+    context = [10, 11, 12, 13, 14, 10, 11, 12]
+    suffix_only = Drafter(N_VOCAB)
+    suffix_only.reset_context(indexed=("suffix",))
+    suffix_only.observe(i32(*context))
+    assert suffix_only.lookup("suffix", 4).tokens.tolist() == [13, 14, 10, 11]
+    with pytest.raises(ValueError, match="not indexed"):
+        suffix_only.lookup("ngram", 4)
+    both = drafter(*context)
+    assert both.lookup("ngram", 4).tokens.tolist() == [13, 14, 10, 11]
+
+
 @pytest.mark.slow
 def test_fence_tokens_are_the_models_fence_pieces(smollm2_gguf):
     from specdec_cli.drafting import fence_tokens
