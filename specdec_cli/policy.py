@@ -174,18 +174,15 @@ class _DepthStats:
     hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     local_trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
     local_hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
-    _rates: list[float | None] = field(default_factory=lambda: [None] * MAX_DEPTH, repr=False)
-    _stale: set[int] = field(default_factory=lambda: set(range(MAX_DEPTH)), repr=False)
+    _rates: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH, repr=False)
+    _stale: set[int] = field(default_factory=lambda: set(range(MAX_DEPTH)), repr=False)  # _rates to recompute
 
     def global_rate(self, depth: int) -> float:
         return (self.hits[depth] + self.prior * PRIOR_WEIGHT) / (self.trials[depth] + PRIOR_WEIGHT)
 
     def rate(self, depth: int) -> float:
-        rate = self._rates[depth]
-        if rate is None:
-            rate = self._rates[depth] = ((self.local_hits[depth] + self.global_rate(depth) * LOCAL_WEIGHT)
-                                         / (self.local_trials[depth] + LOCAL_WEIGHT))
-        return rate
+        self._refresh()
+        return self._rates[depth]
 
     def add(self, depth: int, hit: bool) -> None:
         self.trials[depth] += 1
@@ -193,12 +190,10 @@ class _DepthStats:
         if hit:
             self.hits[depth] += 1
             self.local_hits[depth] += 1
-        self._rates[depth] = None
         self._stale.add(depth)
 
     def set_counts(self, trials: list[float], hits: list[float]) -> None:
         self.trials, self.hits = trials, hits
-        self._rates = [None] * MAX_DEPTH
         self._stale = set(range(MAX_DEPTH))
 
     def reset_local(self) -> None:
@@ -206,11 +201,15 @@ class _DepthStats:
         self.local_hits = [0.0] * MAX_DEPTH
         self.set_counts([t * GENERATION_DECAY for t in self.trials], [h * GENERATION_DECAY for h in self.hits])
 
+    def _refresh(self) -> None:
+        for depth in self._stale:
+            self._rates[depth] = ((self.local_hits[depth] + self.global_rate(depth) * LOCAL_WEIGHT)
+                                  / (self.local_trials[depth] + LOCAL_WEIGHT))
+        self._stale.clear()
+
     def expected_accepted(self, length: int) -> list[float]:
         """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
-        for depth in self._stale:
-            self.rate(depth)
-        self._stale.clear()
+        self._refresh()
         # Survival products, then their running sums, the loops in C: a Python loop over 64
         # depths was most of what choose() cost a step.
         return [0.0, *accumulate(accumulate(self._rates[:length], mul))]
@@ -307,14 +306,14 @@ class SpeculationPolicy:
             # block can win; a block whose own best case loses is skipped. Most steps price
             # one block of PRICE_BLOCK lengths, or none, instead of all 64.
             most = 1.0 + gains[-1] + tree_gain
-            last = rows0 + len(gains) - 1
+            stop = rows0 + len(gains)  # past the longest chain's row count
             for start in range(0 if t > 1 else 1, len(gains), PRICE_BLOCK):
-                rest = (self._cheapest_from[rows0 + start] + min((rows0 + start) * row_extra, last * row_extra)
-                        + overhead)
+                end = min(start + PRICE_BLOCK, len(gains))
+                lo, hi = rows0 + start, rows0 + end
+                rest = _cost_floor(self._cheapest_from[lo], lo, stop, row_extra) + overhead
                 if rest > 0 and most / rest <= best_rate:
                     break
-                end = min(start + PRICE_BLOCK, len(gains))
-                block = _cost_floor(base, rows0 + start, rows0 + end, row_extra) + overhead
+                block = _cost_floor(min(base[lo:hi]), lo, hi, row_extra) + overhead
                 if block > 0 and (1.0 + gains[end - 1] + (alt if start else tree_gain)) / block <= best_rate:
                     continue
                 for d in range(start, end):
@@ -427,12 +426,12 @@ class SpeculationPolicy:
         self._streak = self._streak + 1 if newest_hit else 0
 
 
-def _cost_floor(base: list[float], lo: int, hi: int, row_extra: float) -> float:
+def _cost_floor(cheapest_base: float, lo: int, hi: int, row_extra: float) -> float:
     """At most the cost of any row count lo..hi-1 at the step's context length (each
-    base[rows] + rows * row_extra): the smallest base cost plus the smallest depth term.
-    Rounding is monotonic, so this holds for the computed costs too, and a choice bounded
-    with it is the one an exhaustive scan makes."""
-    return min(base[lo:hi]) + min(lo * row_extra, (hi - 1) * row_extra)
+    base[rows] + rows * row_extra), given at most their smallest base cost: that plus the
+    smallest depth term. Rounding is monotonic, so this holds for the computed costs too,
+    and a choice bounded with it is the one an exhaustive scan makes."""
+    return cheapest_base + min(lo * row_extra, (hi - 1) * row_extra)
 
 
 def _recycling_prior(tree_size: int) -> float:
