@@ -1,5 +1,6 @@
 // Python bindings of the native core: numpy arrays in and out, the GIL released while
-// the C++ code runs. The classes are not synchronised: share one between Python threads
+// the C++ code loops; calls of a few microseconds run every step (the stop-token cut, the
+// policy) keep it. The classes are not synchronised: share one between Python threads
 // only under a lock.
 //
 // Small token arrays are converted on the way in (an int64 array is fine). Logits are
@@ -11,6 +12,7 @@
 #include <nanobind/stl/filesystem.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -23,6 +25,7 @@
 #include "draft_tree.hpp"
 #include "errors.hpp"
 #include "ngram_index.hpp"
+#include "policy.hpp"
 #include "recycling_matrix.hpp"
 #include "sampling.hpp"
 #include "suffix_automaton.hpp"
@@ -350,6 +353,75 @@ void bind_verification(nb::module_& m) {
         "the same sampler, and follow the target distribution exactly.");
 }
 
+void bind_policy(nb::module_& m) {
+    // Microseconds a call, every step: the GIL is kept (releasing it would cost as much).
+    nb::class_<SpeculationCore>(m, "SpeculationCore",
+                                "The per-step state and choice of `--draft auto`'s speculation policy (policy.py).")
+        .def(
+            "__init__",
+            [](SpeculationCore* self, std::vector<std::int32_t> match_buckets, std::vector<double> priors,
+               std::vector<std::int32_t> tree_sizes, std::vector<double> tree_priors, int max_depth, int max_streak,
+               int price_block, double prior_weight, double local_weight, double unanimous, double margin,
+               double draft_overhead) {
+                new (self) SpeculationCore(PolicyParams{std::move(match_buckets), std::move(priors),
+                                                        std::move(tree_sizes), std::move(tree_priors), max_depth,
+                                                        max_streak, price_block, prior_weight, local_weight, unanimous,
+                                                        margin, draft_overhead});
+            },
+            "match_buckets"_a, "priors"_a, "tree_sizes"_a, "tree_priors"_a, "max_depth"_a, "max_streak"_a,
+            "price_block"_a, "prior_weight"_a, "local_weight"_a, "unanimous"_a, "margin"_a, "draft_overhead"_a)
+        .def("set_limits", &SpeculationCore::set_limits, "max_tree"_a, "max_chain"_a)
+        .def(
+            "set_costs", [](SpeculationCore& self, InVector<double> costs) { self.set_costs(span_of(costs)); },
+            "costs"_a, "Step cost in ms by row count (costs[k]: k rows).")
+        .def_prop_ro("n_costs", &SpeculationCore::n_costs)
+        .def("reset", &SpeculationCore::reset, "decay"_a)
+        .def(
+            "choose",
+            [](SpeculationCore& self, InVector<std::int32_t> chain, int match_n, double agreement, int n_deferred,
+               double row_extra) {
+                const PolicyChoice c = self.choose(span_of(chain), match_n, agreement, n_deferred, row_extra);
+                return std::make_tuple(c.tree_size, c.draft_len, c.expected_tokens, c.cost_ms);
+            },
+            "chain"_a, "match_n"_a, "agreement"_a, "n_deferred"_a, "row_extra"_a,
+            "(tree_size, draft_len, expected_tokens, cost_ms) of the option with the most expected tokens per ms.")
+        .def(
+            "observe",
+            [](SpeculationCore& self, const std::vector<std::int32_t>& produced) {
+                self.observe(Span<std::int32_t>{produced.data(), produced.size()});
+            },
+            "produced"_a, "The tokens the step produced: accepted draft tokens, then the bonus token.")
+        .def_prop_ro("n_keys", &SpeculationCore::n_keys)
+        .def("stats_key", &SpeculationCore::stats_key, "match_n"_a, "unanimous"_a, "streak"_a)
+        .def(
+            "counts",
+            [](SpeculationCore& self, std::size_t key) {
+                const DepthStats& s = self.stats(key);
+                return std::make_pair(s.trials(), s.hits());
+            },
+            "key"_a, "(trials, hits) by depth over everything seen, faded by generation.")
+        .def(
+            "set_counts",
+            [](SpeculationCore& self, std::size_t key, InVector<double> trials, InVector<double> hits) {
+                self.stats(key).set_counts(span_of(trials), span_of(hits));
+            },
+            "key"_a, "trials"_a, "hits"_a)
+        .def(
+            "rate", [](SpeculationCore& self, std::size_t key, std::size_t depth) { return self.stats(key).rate(depth); },
+            "key"_a, "depth"_a)
+        .def("tree_mean", &SpeculationCore::tree_mean, "index"_a)
+        .def("tree_counts", &SpeculationCore::tree_counts, "index"_a, "(total accepted, steps) of a tree size.")
+        .def("set_tree_counts", &SpeculationCore::set_tree_counts, "index"_a, "total"_a, "count"_a)
+        .def_prop_ro("steps_by_kind",
+                     [](const SpeculationCore& self) {
+                         const auto& k = self.steps_by_kind();
+                         return std::make_tuple(k[kPlain], k[kNgram], k[kTree], k[kHybrid]);
+                     })
+        .def_prop_ro("streak", &SpeculationCore::streak)
+        .def_prop_ro("max_chain", &SpeculationCore::max_chain)
+        .def_prop_ro("n_trees", &SpeculationCore::n_trees);
+}
+
 // FileError -> OSError subclass chosen by errno (FileNotFoundError, PermissionError, ...).
 void translate_file_error(const std::exception_ptr& error, void*) {
     try {
@@ -364,7 +436,7 @@ void translate_file_error(const std::exception_ptr& error, void*) {
 
 NB_MODULE(_native, m) {
     m.doc() = "specdec native core: n-gram and Token Recycling drafting, draft-tree batch layout, "
-              "lossless verification.";
+              "lossless verification, the speculation policy's per-step choice.";
     nb::register_exception_translator(translate_file_error);
     bind_ngram_index(m);
     bind_suffix_automaton(m);
@@ -372,4 +444,5 @@ NB_MODULE(_native, m) {
     bind_topk(m);
     bind_trees(m);
     bind_verification(m);
+    bind_policy(m);
 }

@@ -35,11 +35,11 @@ speculative option has to beat plain decoding by SPECULATION_MARGIN to be taken.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass, field
-from itertools import accumulate
-from operator import mul
+from dataclasses import dataclass
 
 import numpy as np
+
+from . import _native as nat
 
 # Without a measured profile the policy assumes these cost ratios c(k)/c(1): SmolLM2-135M
 # on a 2-core CPU with the repacked weights of the fast engine mode, the steepest curve we
@@ -92,7 +92,7 @@ SPLIT_PRIOR_FACTOR = 0.7
 GENERATION_DECAY = 0.9
 LEARNED_VERSION = 1
 LEARNED_CAP = 2000.0
-# choose() prices chain lengths in blocks of this many (see there).
+# The core prices chain lengths in blocks of this many (native/policy.cpp, choose).
 PRICE_BLOCK = 8
 
 
@@ -162,82 +162,18 @@ class Choice:
         return self.tree_size == 1 and self.draft_len == 0
 
 
-@dataclass
-class _DepthStats:
-    """Per-depth conditional acceptance counts: over everything generated so far (with a
-    Beta prior), and over the current generation alone, shrunk towards the former. The
-    rates are kept per depth and recomputed only where a count changed (`_stale`): choose()
-    reads up to max_chain of them every step, a handful of counts change per step."""
-
-    prior: float
-    trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
-    hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
-    local_trials: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
-    local_hits: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH)
-    _rates: list[float] = field(default_factory=lambda: [0.0] * MAX_DEPTH, repr=False)
-    _stale: set[int] = field(default_factory=lambda: set(range(MAX_DEPTH)), repr=False)  # _rates to recompute
-
-    def global_rate(self, depth: int) -> float:
-        return (self.hits[depth] + self.prior * PRIOR_WEIGHT) / (self.trials[depth] + PRIOR_WEIGHT)
-
-    def rate(self, depth: int) -> float:
-        self._refresh()
-        return self._rates[depth]
-
-    def add(self, depth: int, hit: bool) -> None:
-        self.trials[depth] += 1
-        self.local_trials[depth] += 1
-        if hit:
-            self.hits[depth] += 1
-            self.local_hits[depth] += 1
-        self._stale.add(depth)
-
-    def set_counts(self, trials: list[float], hits: list[float]) -> None:
-        self.trials, self.hits = trials, hits
-        self._stale = set(range(MAX_DEPTH))
-
-    def reset_local(self) -> None:
-        self.local_trials = [0.0] * MAX_DEPTH
-        self.local_hits = [0.0] * MAX_DEPTH
-        self.set_counts([t * GENERATION_DECAY for t in self.trials], [h * GENERATION_DECAY for h in self.hits])
-
-    def _refresh(self) -> None:
-        for depth in self._stale:
-            self._rates[depth] = ((self.local_hits[depth] + self.global_rate(depth) * LOCAL_WEIGHT)
-                                  / (self.local_trials[depth] + LOCAL_WEIGHT))
-        self._stale.clear()
-
-    def expected_accepted(self, length: int) -> list[float]:
-        """out[d] = E[accepted draft tokens] when a chain of d tokens is verified."""
-        self._refresh()
-        # Survival products, then their running sums, the loops in C: a Python loop over 64
-        # depths was most of what choose() cost a step.
-        return [0.0, *accumulate(accumulate(self._rates[:length], mul))]
-
-
-@dataclass
-class _MeanStat:
-    prior: float
-    total: float = 0.0
-    count: float = 0.0
-
-    def mean(self) -> float:
-        return (self.total + self.prior * PRIOR_WEIGHT) / (self.count + PRIOR_WEIGHT)
-
-    def add(self, value: float) -> None:
-        self.total += value
-        self.count += 1
-
-
-@dataclass
-class _Shadow:
-    chain: list[int]
-    bucket: tuple[int, bool, int]
-    matched: int = 0
+STEP_KINDS = ("plain", "ngram", "tree", "hybrid")
 
 
 class SpeculationPolicy:
-    """Chooses each step's (tree size, chain length) by expected tokens per second."""
+    """Chooses each step's (tree size, chain length) by expected tokens per second.
+
+    The per-step work (the statistics, the shadow predictions, the search over options)
+    runs in the native core, `_native.SpeculationCore`; tests/reference.py holds the same
+    rules in plain Python, the oracle it is checked against step by step. Statistics keys
+    are (match-length bucket, whether the earlier occurrences agreed, how many steps in a
+    row (0, 1, 2+) the lookup predicted the token the model then produced): inside a
+    passage being copied all three are high."""
 
     def __init__(self, curve: CostCurve, *, verify_batch: int = 512, max_tree: int = 64, max_chain: int = 16,
                  measured: bool = True):
@@ -245,33 +181,25 @@ class SpeculationPolicy:
         self.verify_batch = verify_batch
         self.measured = measured
         self._costs: list[float] = []  # step cost by row count, filled on demand
-        self._cheapest_from: list[float] = []
-        self._draft_overhead = SPECULATIVE_STEP_OVERHEAD * curve.at(1)
-        # Keyed by (match-length bucket, whether the earlier occurrences agreed, how many
-        # steps in a row (0, 1, 2+) the lookup predicted the token the model then
-        # produced): inside a passage being copied all three are high.
-        self.ngram = {(n, unanimous, streak): _DepthStats(prior if unanimous else prior * SPLIT_PRIOR_FACTOR)
-                      for n, prior in MATCH_PRIOR_ACCEPT.items() for unanimous in (True, False)
-                      for streak in range(MAX_STREAK + 1)}
-        self._streak = 0
-        self.trees = {t: _MeanStat(_recycling_prior(t)) for t in TREE_SIZES}
+        self._core = nat.SpeculationCore(
+            match_buckets=list(MATCH_BUCKETS), priors=[prior for _, _, _, prior in _keys()],
+            tree_sizes=list(TREE_SIZES), tree_priors=[_recycling_prior(t) for t in TREE_SIZES],
+            max_depth=MAX_DEPTH, max_streak=MAX_STREAK, price_block=PRICE_BLOCK, prior_weight=PRIOR_WEIGHT,
+            local_weight=LOCAL_WEIGHT, unanimous=UNANIMOUS, margin=SPECULATION_MARGIN,
+            draft_overhead=SPECULATIVE_STEP_OVERHEAD * curve.at(1))
         self.set_limits(max_tree, max_chain)
-        self._shadows: list[_Shadow] = []
-        self._pending: tuple[Choice, list[int]] | None = None
-        self.steps_by_kind = {"plain": 0, "ngram": 0, "tree": 0, "hybrid": 0}
 
     def set_limits(self, max_tree: int, max_chain: int) -> None:
         """Largest tree (nodes, root included) and chain a step may use."""
-        self.max_chain = max(0, min(max_chain, MAX_DEPTH))
-        self.tree_sizes = [t for t in TREE_SIZES if t <= max_tree]
+        self._core.set_limits(max_tree, max_chain)
+        self.max_chain = self._core.max_chain
+        self.tree_sizes = list(TREE_SIZES[:self._core.n_trees])
+        self._largest_tree = max(self.tree_sizes, default=1)
 
     def reset(self) -> None:
-        """A new generation: shadow predictions of the previous context no longer apply."""
-        self._shadows.clear()
-        self._pending = None
-        self._streak = 0
-        for stats in self.ngram.values():
-            stats.reset_local()
+        """A new generation: shadow predictions of the previous context no longer apply, and
+        what earlier generations taught counts GENERATION_DECAY times as much."""
+        self._core.reset(GENERATION_DECAY)
 
     def choose(self, chain: np.ndarray, match_n: int, n_deferred: int = 0, agreement: float = 1.0,
                depth: int | None = None) -> Choice:
@@ -280,70 +208,16 @@ class SpeculationPolicy:
         earlier occurrences that continued with the chain's first token; empty/0 = no
         match) and the context length the step's rows attend to (`depth`; None = the
         curve's own)."""
-        chain_tokens = chain[:self.max_chain].tolist()
-        bucket = (match_bucket(match_n), agreement >= UNANIMOUS, min(self._streak, MAX_STREAK)) \
-            if chain_tokens else None
-        if bucket:
-            self._shadows.append(_Shadow(chain_tokens, bucket))
-        gains = self.ngram[bucket].expected_accepted(len(chain_tokens)) if bucket else [0.0]
-        first_hit = self.ngram[bucket].rate(0) if bucket else 0.0
-        # Plain floats in the loop: this runs every step, next to a ~5-30 ms decode, and on
-        # most steps of most prompts it ends at plain decoding. Each row count is priced
-        # at this step's context length (`row_extra`).
-        n_rows = n_deferred + max(self.tree_sizes, default=1) + len(gains)
-        base = self._costs_up_to(n_rows)
+        rows = n_deferred + self._largest_tree + min(len(chain), self.max_chain) + 2
+        if rows > len(self._costs):
+            self._price_rows(rows)
         row_extra = 0.0 if depth is None else self.curve.row_extra(depth)
-        overhead = self._draft_overhead
-        plain_rows = n_deferred + 1
-        best_rate, best = SPECULATION_MARGIN / (base[plain_rows] + plain_rows * row_extra), (1, 0, 1.0)
-        for t, tree_gain in [(1, 0.0)] + [(t, self.trees[t].mean()) for t in self.tree_sizes]:
-            rows0 = n_deferred + t  # the rows of this tree without a chain
-            # A tree's alternatives only matter when the chain's first token is rejected.
-            alt = (1.0 - first_hit) * tree_gain
-            # Chain lengths are priced in blocks. Gains grow with the length, so no chain
-            # from `start` on expects more than the longest, nor costs less than the cheapest
-            # row count from there on (`_cheapest_from`): when even that loses, no later
-            # block can win; a block whose own best case loses is skipped. Most steps price
-            # one block of PRICE_BLOCK lengths, or none, instead of all 64.
-            most = 1.0 + gains[-1] + tree_gain
-            stop = rows0 + len(gains)  # past the longest chain's row count
-            for start in range(0 if t > 1 else 1, len(gains), PRICE_BLOCK):
-                end = min(start + PRICE_BLOCK, len(gains))
-                lo, hi = rows0 + start, rows0 + end
-                rest = _cost_floor(self._cheapest_from[lo], lo, stop, row_extra) + overhead
-                if rest > 0 and most / rest <= best_rate:
-                    break
-                block = _cost_floor(min(base[lo:hi]), lo, hi, row_extra) + overhead
-                if block > 0 and (1.0 + gains[end - 1] + (alt if start else tree_gain)) / block <= best_rate:
-                    continue
-                for d in range(start, end):
-                    rows = rows0 + d
-                    expected = 1.0 + gains[d] + (alt if d else tree_gain)
-                    rate = expected / (base[rows] + rows * row_extra + overhead)
-                    if rate > best_rate:
-                        best_rate, best = rate, (t, d, expected)
-        t, d, expected = best
-        rows = n_deferred + t + d
-        choice = Choice(tree_size=t, draft_len=d, expected_tokens=expected,
-                        cost_ms=base[rows] + rows * row_extra + (overhead if t + d > 1 else 0.0))
-        self._pending = (choice, chain_tokens[:d])
-        return choice
+        return Choice(*self._core.choose(chain, match_n, agreement, n_deferred, row_extra))
 
     def observe(self, accepted: list[int]) -> None:
         """After a step: the tokens it produced (accepted draft tokens, then the bonus token).
         Scores every outstanding prediction against them and updates the tree stats."""
-        self._score_shadows(accepted)
-        if self._pending is None:
-            return
-        choice, chain = self._pending
-        self._pending = None
-        kind = ("plain" if choice.plain else "ngram" if choice.tree_size == 1
-                else "tree" if choice.draft_len == 0 else "hybrid")
-        self.steps_by_kind[kind] += 1
-        if choice.tree_size > 1:
-            chain_missed = not chain or not accepted or accepted[0] != chain[0]
-            if chain_missed:
-                self.trees[choice.tree_size].add(float(len(accepted) - 1))
+        self._core.observe(accepted)
 
     def learned(self) -> dict:
         """What the policy learned about this model's drafts, over all generations: kept
@@ -355,11 +229,16 @@ class SpeculationPolicy:
             return ([round(t * f, 3) for t, f in zip(trials, scale)], [round(h * f, 3) for h, f in zip(hits, scale)])
 
         chains = {}
-        for key, stats in self.ngram.items():
-            if any(stats.trials):
-                trials, hits = capped(stats.trials, stats.hits)
-                chains["/".join(map(str, (key[0], int(key[1]), key[2])))] = {"trials": trials, "hits": hits}
-        trees = {str(t): [round(s.total, 3), s.count] for t, s in self.trees.items() if s.count}
+        for key, (n, unanimous, streak, _) in enumerate(_keys()):
+            trials, hits = self._core.counts(key)
+            if any(trials):
+                trials, hits = capped(trials, hits)
+                chains[f"{n}/{int(unanimous)}/{streak}"] = {"trials": trials, "hits": hits}
+        trees = {}
+        for index, size in enumerate(TREE_SIZES):
+            total, count = self._core.tree_counts(index)
+            if count:
+                trees[str(size)] = [round(total, 3), count]
         return {"version": LEARNED_VERSION, "chains": chains, "trees": trees}
 
     def restore(self, learned: dict) -> None:
@@ -367,71 +246,43 @@ class SpeculationPolicy:
         this policy's tables is ignored."""
         if not isinstance(learned, dict) or learned.get("version") != LEARNED_VERSION:
             return
+        keys = {(n, unanimous, streak): key for key, (n, unanimous, streak, _) in enumerate(_keys())}
         for name, counts in learned.get("chains", {}).items():
             try:
                 n, unanimous, streak = (int(x) for x in name.split("/"))
-                stats = self.ngram[(n, bool(unanimous), streak)]
+                key = keys[(n, bool(unanimous), streak)]
                 trials, hits = [float(x) for x in counts["trials"]], [float(x) for x in counts["hits"]]
             except (KeyError, ValueError, TypeError):
                 continue
             if len(trials) == len(hits) == MAX_DEPTH and all(0 <= h <= t for h, t in zip(hits, trials)):
-                stats.set_counts(trials, hits)
+                self._core.set_counts(key, np.array(trials), np.array(hits))
         for size, counts in learned.get("trees", {}).items():
             try:
-                stat, (total, count) = self.trees[int(size)], counts
+                index, (total, count) = TREE_SIZES.index(int(size)), counts
                 if float(count) > 0 and 0 <= float(total):
-                    stat.total, stat.count = float(total), float(count)
-            except (KeyError, ValueError, TypeError):
+                    self._core.set_tree_counts(index, float(total), float(count))
+            except (ValueError, TypeError):
                 continue
 
     def summary(self) -> dict:
-        return {"steps": dict(self.steps_by_kind), "measured_curve": self.measured,
+        return {"steps": dict(zip(STEP_KINDS, self._core.steps_by_kind)), "measured_curve": self.measured,
                 "match_accept_by_depth": {f"n>={n},{'unanimous' if u else 'split'},streak={k}":
-                                          [round(s.rate(d), 3) for d in range(4)]
-                                          for (n, u, k), s in self.ngram.items()},
-                "tree_mean_accepted": {t: round(s.mean(), 3) for t, s in self.trees.items()}}
+                                          [round(self._core.rate(key, d), 3) for d in range(4)]
+                                          for key, (n, u, k, _) in enumerate(_keys())},
+                "tree_mean_accepted": {t: round(self._core.tree_mean(i), 3) for i, t in enumerate(TREE_SIZES)}}
 
-    def _costs_up_to(self, rows: int) -> list[float]:
-        """Step cost by row count, at least up to `rows` (and `_cheapest_from` as far)."""
-        if rows >= len(self._costs):
-            while rows >= len(self._costs):
-                self._costs.append(self.curve.step_ms(len(self._costs), self.verify_batch))
-            # _cheapest_from[k]: the cheapest step of k or more rows (of those priced).
-            self._cheapest_from = list(accumulate(reversed(self._costs), min))[::-1]
-        return self._costs
-
-    def _score_shadows(self, produced: list[int]) -> None:
-        alive = []
-        newest_hit = False
-        for shadow in self._shadows:
-            stats = self.ngram[shadow.bucket]
-            done = False
-            for tok in produced:
-                depth = shadow.matched
-                if depth >= len(shadow.chain) or depth >= MAX_DEPTH:
-                    done = True
-                    break
-                hit = shadow.chain[depth] == tok
-                stats.add(depth, hit)
-                if depth == 0:
-                    # Only the newest shadow is still at depth 0: its first token is this step's.
-                    newest_hit = hit
-                if not hit:
-                    done = True
-                    break
-                shadow.matched += 1
-            if not done and shadow.matched < len(shadow.chain):
-                alive.append(shadow)
-        self._shadows = alive
-        self._streak = self._streak + 1 if newest_hit else 0
+    def _price_rows(self, rows: int) -> None:
+        """Step cost by row count, for at least `rows` row counts, handed to the core."""
+        while len(self._costs) < rows:
+            self._costs.append(self.curve.step_ms(len(self._costs), self.verify_batch))
+        self._core.set_costs(np.array(self._costs))
 
 
-def _cost_floor(cheapest_base: float, lo: int, hi: int, row_extra: float) -> float:
-    """At most the cost of any row count lo..hi-1 at the step's context length (each
-    base[rows] + rows * row_extra), given at most their smallest base cost: that plus the
-    smallest depth term. Rounding is monotonic, so this holds for the computed costs too,
-    and a choice bounded with it is the one an exhaustive scan makes."""
-    return cheapest_base + min(lo * row_extra, (hi - 1) * row_extra)
+def _keys() -> list[tuple[int, bool, int, float]]:
+    """(match bucket, unanimous, streak, acceptance prior) of every statistics key, in the
+    core's key order. Split matches start from a lower prior."""
+    return [(n, unanimous, streak, MATCH_PRIOR_ACCEPT[n] * (1.0 if unanimous else SPLIT_PRIOR_FACTOR))
+            for n in MATCH_BUCKETS for unanimous in (False, True) for streak in range(MAX_STREAK + 1)]
 
 
 def _recycling_prior(tree_size: int) -> float:

@@ -334,3 +334,119 @@ def target_distribution(logits: np.ndarray, temp: float, top_k: int, top_p: floa
     probs = np.zeros(vocab)
     probs[kept] = weights
     return probs
+
+
+# --- the speculation policy's per-step state and choice (policy.py, native/policy.cpp) ----------
+
+
+class ReferencePolicy:
+    """What `SpeculationPolicy` decides, in the same order of floating-point operations:
+    per-depth acceptance counts per statistics key (global with a Beta prior, and the
+    generation's own shrunk towards it), shadow predictions scored against the produced
+    tokens, and an exhaustive scan of every (tree size, chain length). The constants are
+    read from policy.py at each call, so that a test's monkeypatch applies to both."""
+
+    def __init__(self, curve, *, verify_batch: int, max_tree: int, max_chain: int):
+        from specdec_cli import policy as pol
+        self.pol = pol
+        self.curve, self.verify_batch = curve, verify_batch
+        self.keys = [(n, u, k) for n in pol.MATCH_BUCKETS for u in (False, True) for k in range(pol.MAX_STREAK + 1)]
+        zeros = [0.0] * pol.MAX_DEPTH
+        self.counts = {key: {"trials": list(zeros), "hits": list(zeros), "local_trials": list(zeros),
+                             "local_hits": list(zeros)} for key in self.keys}
+        self.trees = {t: [0.0, 0.0] for t in pol.TREE_SIZES}  # [total accepted, steps]
+        self.shadows: list[list] = []  # [chain, key, matched]
+        self.streak = 0
+        self.pending: tuple[int, int, list[int]] | None = None
+        self.steps = {"plain": 0, "ngram": 0, "tree": 0, "hybrid": 0}
+        self.set_limits(max_tree, max_chain)
+
+    def set_limits(self, max_tree: int, max_chain: int) -> None:
+        self.max_chain = max(0, min(max_chain, self.pol.MAX_DEPTH))
+        self.tree_sizes = [t for t in self.pol.TREE_SIZES if t <= max_tree]
+
+    def reset(self) -> None:
+        self.shadows, self.pending, self.streak = [], None, 0
+        decay = self.pol.GENERATION_DECAY
+        for c in self.counts.values():
+            c["local_trials"], c["local_hits"] = [0.0] * self.pol.MAX_DEPTH, [0.0] * self.pol.MAX_DEPTH
+            c["trials"], c["hits"] = [t * decay for t in c["trials"]], [h * decay for h in c["hits"]]
+
+    def rate(self, key: tuple, depth: int) -> float:
+        pol, c = self.pol, self.counts[key]
+        prior = pol.MATCH_PRIOR_ACCEPT[key[0]] * (1.0 if key[1] else pol.SPLIT_PRIOR_FACTOR)
+        global_rate = (c["hits"][depth] + prior * pol.PRIOR_WEIGHT) / (c["trials"][depth] + pol.PRIOR_WEIGHT)
+        return (c["local_hits"][depth] + global_rate * pol.LOCAL_WEIGHT) / (c["local_trials"][depth] + pol.LOCAL_WEIGHT)
+
+    def tree_mean(self, size: int) -> float:
+        total, count = self.trees[size]
+        prior = float(np.interp(size, sorted(self.pol.RECYCLING_PRIOR_ACCEPTED),
+                                [self.pol.RECYCLING_PRIOR_ACCEPTED[s] for s in sorted(self.pol.RECYCLING_PRIOR_ACCEPTED)]))
+        return (total + prior * self.pol.PRIOR_WEIGHT) / (count + self.pol.PRIOR_WEIGHT)
+
+    def key(self, match_n: int, agreement: float) -> tuple:
+        return (self.pol.match_bucket(match_n), agreement >= self.pol.UNANIMOUS, min(self.streak, self.pol.MAX_STREAK))
+
+    def choose(self, chain: list[int], match_n: int, n_deferred: int = 0, agreement: float = 1.0,
+               depth: int | None = None) -> tuple[int, int, float, float]:
+        """(tree size, chain length, expected tokens, cost ms) of the best option."""
+        pol = self.pol
+        chain = [int(t) for t in chain[:self.max_chain]]
+        gains, first_hit = [0.0], 0.0
+        if chain:
+            key = self.key(match_n, agreement)
+            self.shadows.append([chain, key, 0])
+            survive = 1.0
+            for d in range(len(chain)):
+                survive *= self.rate(key, d)
+                gains.append(gains[-1] + survive)
+            first_hit = self.rate(key, 0)
+        row_extra = 0.0 if depth is None else self.curve.row_extra(depth)
+
+        def cost(rows: int) -> float:
+            return self.curve.step_ms(rows, self.verify_batch) + rows * row_extra
+
+        overhead = pol.SPECULATIVE_STEP_OVERHEAD * self.curve.at(1)
+        best_rate, best = pol.SPECULATION_MARGIN / cost(n_deferred + 1), (1, 0, 1.0)
+        for t in [1] + self.tree_sizes:
+            tree_gain = self.tree_mean(t) if t > 1 else 0.0
+            for d in range(0 if t > 1 else 1, len(gains)):
+                expected = 1.0 + gains[d] + ((1.0 - first_hit) * tree_gain if d else tree_gain)
+                rate = expected / (cost(n_deferred + t + d) + overhead)
+                if rate > best_rate:
+                    best_rate, best = rate, (t, d, expected)
+        t, d, expected = best
+        self.pending = (t, d, chain[:d])
+        return t, d, expected, cost(n_deferred + t + d) + (overhead if t + d > 1 else 0.0)
+
+    def observe(self, produced: list[int]) -> None:
+        newest_hit, alive = False, []
+        for shadow in self.shadows:
+            chain, key, _ = shadow
+            c, done = self.counts[key], False
+            for tok in produced:
+                depth = shadow[2]
+                if depth >= len(chain) or depth >= self.pol.MAX_DEPTH:
+                    done = True
+                    break
+                hit = chain[depth] == tok
+                for name in ("trials", "local_trials") + (("hits", "local_hits") if hit else ()):
+                    c[name][depth] += 1
+                if depth == 0:
+                    newest_hit = hit
+                if not hit:
+                    done = True
+                    break
+                shadow[2] += 1
+            if not done and shadow[2] < len(chain):
+                alive.append(shadow)
+        self.shadows = alive
+        self.streak = self.streak + 1 if newest_hit else 0
+        if self.pending is None:
+            return
+        t, d, chain = self.pending
+        self.pending = None
+        self.steps["plain" if t == 1 and d == 0 else "ngram" if t == 1 else "tree" if d == 0 else "hybrid"] += 1
+        if t > 1 and (not chain or not produced or produced[0] != chain[0]):
+            self.trees[t][0] += float(len(produced) - 1)
+            self.trees[t][1] += 1

@@ -1,6 +1,6 @@
 """The speculation policy (policy.py) on synthetic cost curves: plain where nothing pays,
 long chains on strong matches where the curve has a GEMM regime, trees on flat curves,
-and a pruned search that picks what the exhaustive one does. No model is loaded."""
+and the native core deciding what its Python reference decides. No model is loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 
 from specdec_cli import policy as pol
 from specdec_cli.policy import CostCurve, SpeculationPolicy, match_bucket
+
+from reference import ReferencePolicy
 
 NO_MATCH = np.zeros(0, dtype=np.int32)
 CHAIN = np.arange(100, 164, dtype=np.int32)
@@ -126,60 +128,52 @@ def test_policy_rates_follow_recent_work(monkeypatch) -> None:
     assert policy.choose(CHAIN, 4).plain
 
 
-def exhaustive_choice(policy: SpeculationPolicy, chain: np.ndarray, match_n: int, n_deferred: int,
-                      depth: int | None = None) -> tuple[int, int]:
-    """Every (tree, chain length) option scored without pruning: the reference for choose()."""
-    chain = chain[:policy.max_chain]
-    stats = policy.ngram[(match_bucket(match_n), True, min(policy._streak, pol.MAX_STREAK))] if len(chain) else None
-    gains, survive = [0.0], 1.0
-    for d in range(len(chain) if stats else 0):
-        survive *= stats.rate(d)
-        gains.append(gains[-1] + survive)
-    first_hit = stats.rate(0) if stats else 0.0
-
-    def cost(rows: int) -> float:
-        extra = 0.0 if depth is None else rows * policy.curve.row_extra(depth)
-        return policy.curve.step_ms(rows, policy.verify_batch) + extra
-
-    best_rate, best = pol.SPECULATION_MARGIN / cost(n_deferred + 1), (1, 0)
-    for t, tree_gain in [(1, 0.0)] + [(t, policy.trees[t].mean()) for t in policy.tree_sizes]:
-        for d in range(0 if t > 1 else 1, len(gains)):
-            expected = 1.0 + gains[d] + ((1.0 - first_hit) if d else 1.0) * tree_gain
-            rate = expected / (cost(n_deferred + t + d) + policy._draft_overhead)
-            if rate > best_rate:
-                best_rate, best = rate, (t, d)
-    return best
-
-
-def test_policy_pruned_search_picks_what_the_exhaustive_one_does() -> None:
-    """choose() skips blocks of chain lengths whose best case already loses; on random (also
-    non-monotone) curves and acceptance histories, at context lengths shorter and longer
-    than the curve's (a per-row term of either sign), it must still pick the option a full
-    search picks."""
+def test_policy_decides_what_its_reference_decides(monkeypatch) -> None:
+    """The native core (pruned search, cached rates) against tests/reference.py (exhaustive
+    search, rates recomputed), step by step: on random (also non-monotone) curves, limits,
+    learned tree means and acceptance histories, with tokens deferred, at context lengths
+    shorter and longer than the curve's (a per-row term of either sign), over generations
+    that fade what earlier ones taught. Every choice, expected token count and cost must be
+    equal to the last bit, and so must the counts learned."""
+    monkeypatch.setattr(pol, "GENERATION_DECAY", GENERATION_DECAY)
     rng = np.random.default_rng(7)
     picked = set()
-    for trial in range(150):
+    for trial in range(60):
         sizes = [1, 2, 4, 8, 16, 32, 64]
         ratios = np.concatenate([[1.0], np.sort(rng.uniform(1.0, 1.0 + 0.9 * np.array(sizes[1:]) * rng.uniform(0.05, 1.2)))])
         ratios = ratios * rng.uniform(0.9, 1.1, size=len(ratios))  # measurement noise
         curve = CostCurve(sizes=sizes, ms=list(10.0 * ratios), depth=300, row_cell_ms=float(rng.choice([0.0, 0.003])))
-        policy = SpeculationPolicy(curve, verify_batch=int(rng.choice([8, 64])),
-                                   max_tree=int(rng.choice([1, 16, 64])), max_chain=int(rng.integers(0, 65)))
-        teach_ngram(policy, int(rng.integers(1, 70)), accept=float(rng.uniform(0.2, 0.99)), steps=50)
-        for t in policy.tree_sizes:
-            policy.trees[t].add(float(rng.uniform(0, 4)))
-        for _ in range(5):
+        limits = dict(verify_batch=int(rng.choice([8, 64])), max_tree=int(rng.choice([1, 16, 64])),
+                      max_chain=int(rng.integers(0, 65)))
+        policy, ref = SpeculationPolicy(curve, **limits), ReferencePolicy(curve, **limits)
+        trees = {str(t): [float(rng.uniform(0, 40)), float(rng.integers(1, 20))] for t in pol.TREE_SIZES}
+        policy.restore({"version": pol.LEARNED_VERSION, "trees": trees})
+        ref.trees = {int(t): list(v) for t, v in trees.items()}
+        accept = float(rng.uniform(0.2, 0.99))
+        for step in range(120):
+            if step % 40 == 0:
+                policy.reset()
+                ref.reset()
             match_n = int(rng.integers(0, 70))
             # Short chains often: there a tree alone (no chain) can beat every chain length.
             chain = CHAIN[:int(rng.choice([1, 2, 3, rng.integers(1, 65)]))] if match_n else NO_MATCH
             n_deferred = int(rng.choice([0, 0, 1, 3]))
             depth = None if trial % 3 == 0 else int(rng.integers(10, 3000))
-            expected = exhaustive_choice(policy, chain, match_n, n_deferred, depth)
-            choice = policy.choose(chain, match_n, n_deferred=n_deferred, depth=depth)
-            assert (choice.tree_size, choice.draft_len) == expected
-            picked.add(expected)
-            policy.observe([int(chain[0]) if len(chain) else 1, 2])
+            agreement = float(rng.choice([1.0, 0.5]))
+            expected = ref.choose(chain.tolist(), match_n, n_deferred, agreement, depth)
+            choice = policy.choose(chain, match_n, n_deferred=n_deferred, agreement=agreement, depth=depth)
+            assert (choice.tree_size, choice.draft_len, choice.expected_tokens, choice.cost_ms) == expected
+            picked.add(expected[:2])
+            produced = [int(t) if rng.random() < accept else 1 for t in CHAIN[:int(rng.integers(1, 20))]]
+            policy.observe(produced)
+            ref.observe(produced)
+        chains = {f"{n}/{int(u)}/{k}": {"trials": [round(t, 3) for t in c["trials"]],
+                                         "hits": [round(h, 3) for h in c["hits"]]}
+                  for (n, u, k), c in ref.counts.items() if any(c["trials"])}
+        assert policy.learned()["chains"] == chains
+        assert policy.summary()["steps"] == ref.steps
     assert (1, 0) in picked and len(picked) >= 5  # the trials reach plain and speculative choices
+    assert any(t > 1 for t, _ in picked)  # and trees
 
 
 def test_policy_respects_limits() -> None:
