@@ -2,8 +2,8 @@
 // cost model and the reasons behind each rule): per-depth acceptance statistics by match
 // bucket, the shadow predictions that feed them, and each step's choice of (tree size,
 // chain length) with the most expected tokens per ms. It runs every step, right after a
-// llama_decode has flushed the caches; as Python it cost ~110 us a step there (choose
-// 60-68, scoring the shadows 19-20) on SmolLM2 with a 2-core CPU, ~1% of the step.
+// llama_decode has flushed the caches; as Python it cost ~80 us a step there (choose
+// 59-68, scoring the shadows 19-20) on SmolLM2 with a 2-core CPU, ~0.7% of the step.
 //
 // The arithmetic follows the Python reference (tests/reference.py) operation by operation,
 // so that choices and costs are equal to the last bit; policy.cpp is compiled without
