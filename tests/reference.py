@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specdec_cli import policy as pol
+
 
 @dataclass
 class Draft:
@@ -347,7 +349,6 @@ class ReferencePolicy:
     read from policy.py at each call, so that a test's monkeypatch applies to both."""
 
     def __init__(self, curve, *, verify_batch: int, max_tree: int, max_chain: int):
-        from specdec_cli import policy as pol
         self.pol = pol
         self.curve, self.verify_batch = curve, verify_batch
         self.keys = [(n, u, k) for n in pol.MATCH_BUCKETS for u in (False, True) for k in range(pol.MAX_STREAK + 1)]
