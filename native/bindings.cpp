@@ -359,22 +359,22 @@ void bind_policy(nb::module_& m) {
                                 "The per-step state and choice of `--draft auto`'s speculation policy (policy.py).")
         .def(
             "__init__",
-            [](SpeculationCore* self, std::vector<std::int32_t> match_buckets, std::vector<double> priors,
-               std::vector<std::int32_t> tree_sizes, std::vector<double> tree_priors, int max_depth, int max_streak,
-               int price_block, double prior_weight, double local_weight, double unanimous, double margin,
-               double draft_overhead) {
-                new (self) SpeculationCore(PolicyParams{std::move(match_buckets), std::move(priors),
-                                                        std::move(tree_sizes), std::move(tree_priors), max_depth,
-                                                        max_streak, price_block, prior_weight, local_weight, unanimous,
-                                                        margin, draft_overhead});
+            [](SpeculationCore* self, std::vector<std::int32_t> match_buckets, std::vector<double> match_priors,
+               double split_prior_factor, std::vector<std::int32_t> tree_sizes, std::vector<double> tree_priors,
+               int max_depth, int max_streak, int price_block, double prior_weight, double local_weight,
+               double unanimous, double margin, double draft_overhead) {
+                new (self) SpeculationCore(PolicyParams{std::move(match_buckets), std::move(match_priors),
+                                                        split_prior_factor, std::move(tree_sizes),
+                                                        std::move(tree_priors), max_depth, max_streak, price_block,
+                                                        prior_weight, local_weight, unanimous, margin, draft_overhead});
             },
-            "match_buckets"_a, "priors"_a, "tree_sizes"_a, "tree_priors"_a, "max_depth"_a, "max_streak"_a,
-            "price_block"_a, "prior_weight"_a, "local_weight"_a, "unanimous"_a, "margin"_a, "draft_overhead"_a)
+            "match_buckets"_a, "match_priors"_a, "split_prior_factor"_a, "tree_sizes"_a, "tree_priors"_a,
+            "max_depth"_a, "max_streak"_a, "price_block"_a, "prior_weight"_a, "local_weight"_a, "unanimous"_a,
+            "margin"_a, "draft_overhead"_a)
         .def("set_limits", &SpeculationCore::set_limits, "max_tree"_a, "max_chain"_a)
         .def(
             "set_costs", [](SpeculationCore& self, InVector<double> costs) { self.set_costs(span_of(costs)); },
             "costs"_a, "Step cost in ms by row count (costs[k]: k rows).")
-        .def_prop_ro("n_costs", &SpeculationCore::n_costs)
         .def("reset", &SpeculationCore::reset, "decay"_a)
         .def(
             "choose",
@@ -391,8 +391,8 @@ void bind_policy(nb::module_& m) {
                 self.observe(Span<std::int32_t>{produced.data(), produced.size()});
             },
             "produced"_a, "The tokens the step produced: accepted draft tokens, then the bonus token.")
-        .def_prop_ro("n_keys", &SpeculationCore::n_keys)
-        .def("stats_key", &SpeculationCore::stats_key, "match_n"_a, "unanimous"_a, "streak"_a)
+        .def("stats_key", &SpeculationCore::stats_key, "match_n"_a, "unanimous"_a, "streak"_a,
+             "The statistics key of a match of match_n tokens after `streak` predicted steps.")
         .def(
             "counts",
             [](SpeculationCore& self, std::size_t key) {
@@ -407,7 +407,8 @@ void bind_policy(nb::module_& m) {
             },
             "key"_a, "trials"_a, "hits"_a)
         .def(
-            "rate", [](SpeculationCore& self, std::size_t key, std::size_t depth) { return self.stats(key).rate(depth); },
+            "rate",
+            [](SpeculationCore& self, std::size_t key, std::size_t depth) { return self.stats(key).rate(depth); },
             "key"_a, "depth"_a)
         .def("tree_mean", &SpeculationCore::tree_mean, "index"_a)
         .def("tree_counts", &SpeculationCore::tree_counts, "index"_a, "(total accepted, steps) of a tree size.")
@@ -415,9 +416,13 @@ void bind_policy(nb::module_& m) {
         .def_prop_ro("steps_by_kind",
                      [](const SpeculationCore& self) {
                          const auto& k = self.steps_by_kind();
-                         return std::make_tuple(k[kPlain], k[kNgram], k[kTree], k[kHybrid]);
+                         nb::dict steps;
+                         steps["plain"] = k[kPlain];
+                         steps["ngram"] = k[kNgram];
+                         steps["tree"] = k[kTree];
+                         steps["hybrid"] = k[kHybrid];
+                         return steps;
                      })
-        .def_prop_ro("streak", &SpeculationCore::streak)
         .def_prop_ro("max_chain", &SpeculationCore::max_chain)
         .def_prop_ro("n_trees", &SpeculationCore::n_trees);
 }

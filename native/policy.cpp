@@ -1,6 +1,7 @@
 #include "policy.hpp"
 
 #include <algorithm>
+#include <initializer_list>
 #include <stdexcept>
 #include <utility>
 
@@ -88,9 +89,8 @@ void DepthStats::expected_accepted(std::size_t length, std::vector<double>& gain
 }
 
 SpeculationCore::SpeculationCore(PolicyParams params) : params_(std::move(params)) {
-    const std::size_t keys = params_.match_buckets.size() * 2 * static_cast<std::size_t>(params_.max_streak + 1);
-    if (params_.match_buckets.empty() || params_.priors.size() != keys) {
-        throw std::invalid_argument("SpeculationCore: one prior per (match bucket, unanimous, streak) is needed");
+    if (params_.match_buckets.empty() || params_.match_priors.size() != params_.match_buckets.size()) {
+        throw std::invalid_argument("SpeculationCore: one prior per match bucket is needed");
     }
     if (params_.tree_sizes.size() != params_.tree_priors.size()) {
         throw std::invalid_argument("SpeculationCore: one prior per tree size is needed");
@@ -98,9 +98,14 @@ SpeculationCore::SpeculationCore(PolicyParams params) : params_(std::move(params
     if (params_.max_depth < 1 || params_.price_block < 1 || params_.max_streak < 0) {
         throw std::invalid_argument("SpeculationCore: max_depth and price_block must be >= 1, max_streak >= 0");
     }
-    stats_.reserve(keys);
-    for (double prior : params_.priors) {
-        stats_.emplace_back(prior, params_.max_depth, params_.prior_weight, params_.local_weight);
+    // In stats_key's order: bucket, then split / unanimous, then streak.
+    for (double prior : params_.match_priors) {
+        for (const bool unanimous : {false, true}) {
+            for (int streak = 0; streak <= params_.max_streak; ++streak) {
+                stats_.emplace_back(unanimous ? prior : prior * params_.split_prior_factor, params_.max_depth,
+                                    params_.prior_weight, params_.local_weight);
+            }
+        }
     }
     for (double prior : params_.tree_priors) trees_.push_back(TreeStat{prior});
     gains_.reserve(static_cast<std::size_t>(params_.max_depth) + 1);
@@ -232,7 +237,8 @@ void SpeculationCore::observe(Span<std::int32_t> produced) {
     if (!has_pending_) return;
     has_pending_ = false;
     const PolicyChoice& c = pending_;
-    const StepKind kind = c.tree_size == 1 ? (c.draft_len == 0 ? kPlain : kNgram) : (c.draft_len == 0 ? kTree : kHybrid);
+    const StepKind kind =
+        c.tree_size == 1 ? (c.draft_len == 0 ? kPlain : kNgram) : (c.draft_len == 0 ? kTree : kHybrid);
     ++steps_by_kind_[kind];
     if (c.tree_size > 1) {
         const bool chain_missed = c.draft_len == 0 || produced.empty() || produced[0] != pending_first_;

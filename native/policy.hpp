@@ -21,7 +21,8 @@ namespace specdec {
 
 struct PolicyParams {
     std::vector<std::int32_t> match_buckets;  // ascending; a match of n tokens counts in the largest <= n
-    std::vector<double> priors;               // acceptance prior of each statistics key (see stats_key)
+    std::vector<double> match_priors;         // acceptance prior of each match bucket (unanimous matches)
+    double split_prior_factor = 0.7;          // split matches start from this share of it
     std::vector<std::int32_t> tree_sizes;     // ascending recycling tree sizes (nodes, root included)
     std::vector<double> tree_priors;          // mean accepted nodes of each, before any is measured
     int max_depth = 64;
@@ -79,7 +80,6 @@ public:
     void set_limits(int max_tree, int max_chain);
     // Step cost in ms by row count (costs[k] for k rows), as far as steps can reach.
     void set_costs(Span<double> costs);
-    std::size_t n_costs() const { return costs_.size(); }
     // A new generation: shadows dropped, each key's generation counts cleared, the global
     // counts faded by `decay`.
     void reset(double decay);
@@ -93,14 +93,14 @@ public:
     // After a step: the tokens it produced (accepted draft tokens, then the bonus token).
     void observe(Span<std::int32_t> produced);
 
-    std::size_t n_keys() const { return stats_.size(); }
+    // The statistics key of a match of `match_n` tokens (its bucket), unanimous or split,
+    // after `streak` predicted steps (capped at max_streak).
     int stats_key(int match_n, bool unanimous, int streak) const;
     DepthStats& stats(std::size_t key);
     double tree_mean(std::size_t index) const;
     std::pair<double, double> tree_counts(std::size_t index) const;
     void set_tree_counts(std::size_t index, double total, double count);
     const std::array<std::int64_t, 4>& steps_by_kind() const { return steps_by_kind_; }
-    int streak() const { return streak_; }
     int max_chain() const { return max_chain_; }
     std::size_t n_trees() const { return n_trees_; }
 

@@ -162,9 +162,6 @@ class Choice:
         return self.tree_size == 1 and self.draft_len == 0
 
 
-STEP_KINDS = ("plain", "ngram", "tree", "hybrid")
-
-
 class SpeculationPolicy:
     """Chooses each step's (tree size, chain length) by expected tokens per second.
 
@@ -182,7 +179,8 @@ class SpeculationPolicy:
         self.measured = measured
         self._costs: list[float] = []  # step cost by row count, filled on demand
         self._core = nat.SpeculationCore(
-            match_buckets=list(MATCH_BUCKETS), priors=[prior for _, _, _, prior in _keys()],
+            match_buckets=list(MATCH_BUCKETS), match_priors=[MATCH_PRIOR_ACCEPT[n] for n in MATCH_BUCKETS],
+            split_prior_factor=SPLIT_PRIOR_FACTOR,
             tree_sizes=list(TREE_SIZES), tree_priors=[_recycling_prior(t) for t in TREE_SIZES],
             max_depth=MAX_DEPTH, max_streak=MAX_STREAK, price_block=PRICE_BLOCK, prior_weight=PRIOR_WEIGHT,
             local_weight=LOCAL_WEIGHT, unanimous=UNANIMOUS, margin=SPECULATION_MARGIN,
@@ -229,8 +227,8 @@ class SpeculationPolicy:
             return ([round(t * f, 3) for t, f in zip(trials, scale)], [round(h * f, 3) for h, f in zip(hits, scale)])
 
         chains = {}
-        for key, (n, unanimous, streak, _) in enumerate(_keys()):
-            trials, hits = self._core.counts(key)
+        for n, unanimous, streak in _KEYS:
+            trials, hits = self._core.counts(self._core.stats_key(n, unanimous, streak))
             if any(trials):
                 trials, hits = capped(trials, hits)
                 chains[f"{n}/{int(unanimous)}/{streak}"] = {"trials": trials, "hits": hits}
@@ -246,11 +244,12 @@ class SpeculationPolicy:
         this policy's tables is ignored."""
         if not isinstance(learned, dict) or learned.get("version") != LEARNED_VERSION:
             return
-        keys = {(n, unanimous, streak): key for key, (n, unanimous, streak, _) in enumerate(_keys())}
         for name, counts in learned.get("chains", {}).items():
             try:
                 n, unanimous, streak = (int(x) for x in name.split("/"))
-                key = keys[(n, bool(unanimous), streak)]
+                if (n, bool(unanimous), streak) not in _KEYS:
+                    continue
+                key = self._core.stats_key(n, bool(unanimous), streak)
                 trials, hits = [float(x) for x in counts["trials"]], [float(x) for x in counts["hits"]]
             except (KeyError, ValueError, TypeError):
                 continue
@@ -265,10 +264,11 @@ class SpeculationPolicy:
                 continue
 
     def summary(self) -> dict:
-        return {"steps": dict(zip(STEP_KINDS, self._core.steps_by_kind)), "measured_curve": self.measured,
+        return {"steps": self._core.steps_by_kind, "measured_curve": self.measured,
                 "match_accept_by_depth": {f"n>={n},{'unanimous' if u else 'split'},streak={k}":
-                                          [round(self._core.rate(key, d), 3) for d in range(4)]
-                                          for key, (n, u, k, _) in enumerate(_keys())},
+                                          [round(self._core.rate(self._core.stats_key(n, u, k), d), 3)
+                                           for d in range(4)]
+                                          for n, u, k in _KEYS},
                 "tree_mean_accepted": {t: round(self._core.tree_mean(i), 3) for i, t in enumerate(TREE_SIZES)}}
 
     def _price_rows(self, rows: int) -> None:
@@ -278,11 +278,9 @@ class SpeculationPolicy:
         self._core.set_costs(np.array(self._costs))
 
 
-def _keys() -> list[tuple[int, bool, int, float]]:
-    """(match bucket, unanimous, streak, acceptance prior) of every statistics key, in the
-    core's key order. Split matches start from a lower prior."""
-    return [(n, unanimous, streak, MATCH_PRIOR_ACCEPT[n] * (1.0 if unanimous else SPLIT_PRIOR_FACTOR))
-            for n in MATCH_BUCKETS for unanimous in (False, True) for streak in range(MAX_STREAK + 1)]
+# Every statistics key as (match bucket, unanimous, streak): the names of learned() and summary().
+_KEYS = [(n, unanimous, streak)
+         for n in MATCH_BUCKETS for unanimous in (True, False) for streak in range(MAX_STREAK + 1)]
 
 
 def _recycling_prior(tree_size: int) -> float:

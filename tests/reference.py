@@ -381,9 +381,7 @@ class ReferencePolicy:
 
     def tree_mean(self, size: int) -> float:
         total, count = self.trees[size]
-        prior = float(np.interp(size, sorted(self.pol.RECYCLING_PRIOR_ACCEPTED),
-                                [self.pol.RECYCLING_PRIOR_ACCEPTED[s] for s in sorted(self.pol.RECYCLING_PRIOR_ACCEPTED)]))
-        return (total + prior * self.pol.PRIOR_WEIGHT) / (count + self.pol.PRIOR_WEIGHT)
+        return (total + self.pol._recycling_prior(size) * self.pol.PRIOR_WEIGHT) / (count + self.pol.PRIOR_WEIGHT)
 
     def key(self, match_n: int, agreement: float) -> tuple:
         return (self.pol.match_bucket(match_n), agreement >= self.pol.UNANIMOUS, min(self.streak, self.pol.MAX_STREAK))
